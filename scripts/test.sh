@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The test command: set-up, build, every test (ctest: C++ units incl. the real model; pytest: converter,
+# tokenizer parity on all of ../shared/data, embedding parity with Hugging Face on all of STS-B test),
+# then the unit tests again under ASan+UBSan.
+#   BERTLET_SKIP_SANITIZE=1  skip the sanitizer build (local iteration only; CI runs it)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+bash scripts/setup.sh
+VENV="${BERTLET_CACHE:-$HOME/.cache/bertlet}/venv"
+
+echo "== build (Release)"
+bash scripts/build.sh build
+echo "== ctest"
+ctest --test-dir build --output-on-failure
+
+echo "== pytest"
+BERTLET_BUILD_DIR="$ROOT/build" HF_HUB_OFFLINE=1 "$VENV/bin/python" -m pytest -q tests/python
+
+if [ "${BERTLET_SKIP_SANITIZE:-0}" != 1 ]; then
+  echo "== unit tests under ASan+UBSan"
+  bash scripts/build.sh build-asan -DCMAKE_BUILD_TYPE=Debug -DBERTLET_SANITIZE=address,undefined
+  ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --test-dir build-asan --output-on-failure
+fi
+echo "== all tests passed"

@@ -1,0 +1,444 @@
+// Encoder, pooling head and embedder: a naive double-precision reference on tiny random models of several shapes,
+// the semantic checks of the model loader, thread safety, batch == single, and the real model's goldens.
+#include <doctest/doctest.h>
+
+#include <bertlet/bertlet.hpp>
+#include <bertlet/blob/writer.hpp>
+
+#include <cmath>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+struct tiny_spec {
+    std::size_t V = 40, H = 16, heads = 4, I = 32, L = 2, P = 24, T = 2;
+    std::string act = "gelu";
+    std::string pooling = "mean";
+    bool normalize = true;
+};
+
+std::vector<std::string> tiny_vocab(std::size_t V) {
+    std::vector<std::string> v = {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat",
+                                  "dog", "ran", "##s", "##ing", "a", ".", ",", "!", "big", "small"};
+    for (std::size_t i = v.size(); i < V; ++i) v.push_back("tok" + std::to_string(i));
+    v.resize(V);
+    return v;
+}
+
+struct tiny_model {
+    tiny_spec s;
+    std::map<std::string, std::vector<float>> w;
+    std::map<std::string, std::vector<std::uint64_t>> shapes;
+};
+
+tiny_model make_tiny(const tiny_spec& s, unsigned seed = 7) {
+    tiny_model m;
+    m.s = s;
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> nd(0.f, 0.3f);
+    auto add = [&](const std::string& name, std::vector<std::uint64_t> dims, float base = 0.f) {
+        std::size_t n = 1;
+        for (auto d : dims) n *= d;
+        std::vector<float> v(n);
+        for (auto& x : v) x = base + nd(rng);
+        m.w[name] = v;
+        m.shapes[name] = dims;
+    };
+    add("embeddings.word_embeddings.weight", {s.V, s.H});
+    add("embeddings.position_embeddings.weight", {s.P, s.H});
+    add("embeddings.token_type_embeddings.weight", {s.T, s.H});
+    add("embeddings.LayerNorm.weight", {s.H}, 1.f);
+    add("embeddings.LayerNorm.bias", {s.H});
+    for (std::size_t l = 0; l < s.L; ++l) {
+        const std::string p = "encoder.layer." + std::to_string(l) + ".";
+        for (const char* n : {"attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"}) {
+            add(p + n + ".weight", {s.H, s.H});
+            add(p + n + ".bias", {s.H});
+        }
+        add(p + "attention.output.LayerNorm.weight", {s.H}, 1.f);
+        add(p + "attention.output.LayerNorm.bias", {s.H});
+        add(p + "intermediate.dense.weight", {s.I, s.H});
+        add(p + "intermediate.dense.bias", {s.I});
+        add(p + "output.dense.weight", {s.H, s.I});
+        add(p + "output.dense.bias", {s.H});
+        add(p + "output.LayerNorm.weight", {s.H}, 1.f);
+        add(p + "output.LayerNorm.bias", {s.H});
+    }
+    return m;
+}
+
+// Hooks let a test corrupt one thing while everything else stays valid.
+struct blob_hooks {
+    std::function<void(bertlet::blob::writer&)> meta_override;
+    std::string drop_tensor;
+    std::string reshape_tensor;
+    std::size_t vocab_size_override = 0;
+};
+
+std::vector<std::byte> tiny_blob(const tiny_model& m, const blob_hooks& hk = {}) {
+    const auto& s = m.s;
+    bertlet::blob::writer w;
+    w.set_str("general.architecture", "bert");
+    w.set_str("general.name", "tiny");
+    w.set_u64("bert.vocab_size", hk.vocab_size_override ? hk.vocab_size_override : s.V);
+    w.set_u64("bert.hidden_size", s.H);
+    w.set_u64("bert.num_layers", s.L);
+    w.set_u64("bert.num_heads", s.heads);
+    w.set_u64("bert.intermediate_size", s.I);
+    w.set_u64("bert.max_position_embeddings", s.P);
+    w.set_u64("bert.type_vocab_size", s.T);
+    w.set_f64("bert.layer_norm_eps", 1e-12);
+    w.set_str("bert.hidden_act", s.act);
+    w.set_str("tokenizer.model", "wordpiece");
+    w.set_str_array("tokenizer.vocab", tiny_vocab(s.V));
+    w.set_bool("tokenizer.lowercase", true);
+    w.set_bool("tokenizer.strip_accents", true);
+    w.set_bool("tokenizer.handle_chinese_chars", true);
+    w.set_bool("tokenizer.clean_text", true);
+    w.set_str("tokenizer.continuing_subword_prefix", "##");
+    w.set_u64("tokenizer.max_input_chars_per_word", 100);
+    w.set_u64("tokenizer.unk_id", 1);
+    w.set_u64("tokenizer.cls_id", 2);
+    w.set_u64("tokenizer.sep_id", 3);
+    w.set_u64("tokenizer.pad_id", 0);
+    w.set_u64("tokenizer.max_length", s.P);
+    w.set_str("pooling.mode", s.pooling);
+    w.set_bool("pooling.normalize", s.normalize);
+    if (hk.meta_override) hk.meta_override(w);
+    for (const auto& [name, data] : m.w) {
+        if (name == hk.drop_tensor) continue;
+        auto dims = m.shapes.at(name);
+        std::size_t nbytes = data.size() * sizeof(float);
+        if (name == hk.reshape_tensor) {  // same bytes, transposed-looking shape
+            std::swap(dims.front(), dims.back());
+            if (dims.size() == 1) { dims = {1, dims[0]}; }
+        }
+        w.add_tensor(name, bertlet::blob::dtype::f32, 0, 0, dims, data.data(), nbytes);
+    }
+    return w.bytes();
+}
+
+// Naive reference BERT in double precision (independent of the library's kernels).
+std::vector<double> reference_embed(const tiny_model& m, const std::vector<std::int32_t>& ids) {
+    const auto& s = m.s;
+    const std::size_t n = ids.size(), H = s.H, D = H / s.heads;
+    auto W = [&](const std::string& k) -> const std::vector<float>& { return m.w.at(k); };
+    std::vector<double> x(n * H);
+    for (std::size_t t = 0; t < n; ++t)
+        for (std::size_t i = 0; i < H; ++i)
+            x[t * H + i] = double(W("embeddings.word_embeddings.weight")[ids[t] * H + i]) +
+                           W("embeddings.position_embeddings.weight")[t * H + i] +
+                           W("embeddings.token_type_embeddings.weight")[i];
+    auto ln = [&](std::vector<double>& v, const std::string& p) {
+        for (std::size_t t = 0; t < n; ++t) {
+            double mean = 0, var = 0;
+            for (std::size_t i = 0; i < H; ++i) mean += v[t * H + i];
+            mean /= double(H);
+            for (std::size_t i = 0; i < H; ++i) var += (v[t * H + i] - mean) * (v[t * H + i] - mean);
+            var /= double(H);
+            for (std::size_t i = 0; i < H; ++i)
+                v[t * H + i] = (v[t * H + i] - mean) / std::sqrt(var + 1e-12) * W(p + ".weight")[i] + W(p + ".bias")[i];
+        }
+    };
+    auto lin = [&](const std::vector<double>& in, std::size_t din, const std::string& p, std::size_t dout) {
+        std::vector<double> out(n * dout);
+        for (std::size_t t = 0; t < n; ++t)
+            for (std::size_t o = 0; o < dout; ++o) {
+                double acc = W(p + ".bias")[o];
+                for (std::size_t i = 0; i < din; ++i) acc += in[t * din + i] * W(p + ".weight")[o * din + i];
+                out[t * dout + o] = acc;
+            }
+        return out;
+    };
+    ln(x, "embeddings.LayerNorm");
+    for (std::size_t l = 0; l < s.L; ++l) {
+        const std::string p = "encoder.layer." + std::to_string(l) + ".";
+        auto q = lin(x, H, p + "attention.self.query", H);
+        auto k = lin(x, H, p + "attention.self.key", H);
+        auto v = lin(x, H, p + "attention.self.value", H);
+        std::vector<double> ctx(n * H, 0.0);
+        for (std::size_t h = 0; h < s.heads; ++h)
+            for (std::size_t a = 0; a < n; ++a) {
+                std::vector<double> sc(n);
+                double mx = -1e300;
+                for (std::size_t b = 0; b < n; ++b) {
+                    double d = 0;
+                    for (std::size_t j = 0; j < D; ++j) d += q[a * H + h * D + j] * k[b * H + h * D + j];
+                    sc[b] = d / std::sqrt(double(D));
+                    mx = std::max(mx, sc[b]);
+                }
+                double sum = 0;
+                for (auto& e : sc) sum += (e = std::exp(e - mx));
+                for (std::size_t b = 0; b < n; ++b)
+                    for (std::size_t j = 0; j < D; ++j) ctx[a * H + h * D + j] += sc[b] / sum * v[b * H + h * D + j];
+            }
+        auto ao = lin(ctx, H, p + "attention.output.dense", H);
+        for (std::size_t i = 0; i < n * H; ++i) ao[i] += x[i];
+        ln(ao, p + "attention.output.LayerNorm");
+        auto inter = lin(ao, H, p + "intermediate.dense", s.I);
+        for (auto& e : inter) e = 0.5 * e * (1.0 + std::erf(e / std::sqrt(2.0)));
+        auto out = lin(inter, s.I, p + "output.dense", H);
+        for (std::size_t i = 0; i < n * H; ++i) out[i] += ao[i];
+        ln(out, p + "output.LayerNorm");
+        x = out;
+    }
+    std::vector<double> pooled(H, 0.0);
+    if (s.pooling == "cls") {
+        for (std::size_t i = 0; i < H; ++i) pooled[i] = x[i];
+    } else {
+        for (std::size_t t = 0; t < n; ++t)
+            for (std::size_t i = 0; i < H; ++i) pooled[i] += x[t * H + i] / double(n);
+    }
+    if (s.normalize) {
+        double nn = 0;
+        for (double e : pooled) nn += e * e;
+        for (double& e : pooled) e /= std::sqrt(nn);
+    }
+    return pooled;
+}
+
+double max_abs_diff(const float* a, const std::vector<double>& b) {
+    double m = 0;
+    for (std::size_t i = 0; i < b.size(); ++i) m = std::max(m, std::fabs(double(a[i]) - b[i]));
+    return m;
+}
+
+}  // namespace
+
+TEST_CASE("encoder matches a naive double-precision reference for several shapes and heads") {
+    struct shape_case { std::size_t H, heads, I, L; const char* pooling; bool normalize; };
+    for (const auto& c : {shape_case{16, 4, 32, 2, "mean", true}, shape_case{24, 3, 40, 3, "cls", false},
+                          shape_case{384, 12, 1536, 1, "mean", true}}) {
+        CAPTURE(c.H);
+        tiny_spec s;
+        s.H = c.H;
+        s.heads = c.heads;
+        s.I = c.I;
+        s.L = c.L;
+        s.pooling = c.pooling;
+        s.normalize = c.normalize;
+        const auto m = make_tiny(s);
+        const auto e = bertlet::embedder::from_bytes(tiny_blob(m));
+        bertlet::embed_workspace ws;
+        for (const char* text : {"the cat sat on the mat.", "dogs running!", "", "big, small, big"}) {
+            CAPTURE(text);
+            const auto enc = e.tokenizer().encode(text);
+            std::vector<float> got(e.dim());
+            e.embed(text, got.data(), ws);
+            CHECK(max_abs_diff(got.data(), reference_embed(m, enc.ids)) < 2e-5);
+        }
+    }
+}
+
+TEST_CASE("batch embedding equals one-by-one embedding (packed sequences, no padding)") {
+    const auto m = make_tiny(tiny_spec{});
+    const auto e = bertlet::embedder::from_bytes(tiny_blob(m));
+    const std::vector<std::string> texts = {"the cat", "the dog ran on the big mat.", "", "a", "small cats sat",
+                                            "the the the the the the the the the the the the the the the the the"};
+    const auto batch = e.embed_batch(texts);
+    REQUIRE(batch.size() == texts.size());
+    for (std::size_t i = 0; i < texts.size(); ++i) {
+        const auto one = e.embed(texts[i]);
+        for (std::size_t k = 0; k < e.dim(); ++k) CHECK(batch[i][k] == doctest::Approx(one[k]).epsilon(1e-5));
+    }
+    // a tiny chunk budget forces several forward passes; results must not change
+    bertlet::embed_workspace ws;
+    std::vector<float> chunked(texts.size() * e.dim());
+    e.embed_batch(texts.data(), texts.size(), chunked.data(), ws, 5);
+    for (std::size_t i = 0; i < texts.size(); ++i)
+        for (std::size_t k = 0; k < e.dim(); ++k) CHECK(chunked[i * e.dim() + k] == doctest::Approx(batch[i][k]).epsilon(1e-5));
+}
+
+TEST_CASE("the loader cross-checks config, vocab and tensors") {
+    const auto m = make_tiny(tiny_spec{});
+    using bertlet::model_error;
+    SUBCASE("vocab size disagrees with embedding rows") {
+        blob_hooks hk;
+        hk.vocab_size_override = 41;
+        CHECK_THROWS_WITH_AS(bertlet::embedder::from_bytes(tiny_blob(m, hk)), doctest::Contains("[bertlet.model."), model_error);
+    }
+    SUBCASE("special id beyond the vocab") {
+        blob_hooks hk;
+        hk.meta_override = [](bertlet::blob::writer& w) { w.set_u64("tokenizer.sep_id", 4000); };
+        CHECK_THROWS_WITH_AS(bertlet::embedder::from_bytes(tiny_blob(m, hk)), doctest::Contains("[bertlet.model.206]"), model_error);
+    }
+    SUBCASE("hidden size not divisible by heads") {
+        blob_hooks hk;
+        hk.meta_override = [](bertlet::blob::writer& w) { w.set_u64("bert.num_heads", 3); };
+        CHECK_THROWS_WITH_AS(bertlet::embedder::from_bytes(tiny_blob(m, hk)), doctest::Contains("[bertlet.model.202]"), model_error);
+    }
+    SUBCASE("unknown architecture / activation / pooling") {
+        blob_hooks a;
+        a.meta_override = [](bertlet::blob::writer& w) { w.set_str("general.architecture", "gpt2"); };
+        CHECK_THROWS_WITH_AS(bertlet::embedder::from_bytes(tiny_blob(m, a)), doctest::Contains("'gpt2'"), model_error);
+        blob_hooks g;
+        g.meta_override = [](bertlet::blob::writer& w) { w.set_str("bert.hidden_act", "relu"); };
+        CHECK_THROWS_WITH_AS(bertlet::embedder::from_bytes(tiny_blob(m, g)), doctest::Contains("[bertlet.model.202]"), model_error);
+        blob_hooks p;
+        p.meta_override = [](bertlet::blob::writer& w) { w.set_str("pooling.mode", "max"); };
+        CHECK_THROWS_WITH_AS(bertlet::embedder::from_bytes(tiny_blob(m, p)), doctest::Contains("[bertlet.model.208]"), model_error);
+    }
+    SUBCASE("missing tensor") {
+        blob_hooks hk;
+        hk.drop_tensor = "encoder.layer.1.output.dense.weight";
+        CHECK_THROWS_WITH_AS(bertlet::embedder::from_bytes(tiny_blob(m, hk)),
+                             doctest::Contains("[bertlet.model.203]"), model_error);
+    }
+    SUBCASE("transposed tensor shape") {
+        blob_hooks hk;
+        hk.reshape_tensor = "encoder.layer.0.intermediate.dense.weight";
+        CHECK_THROWS_WITH_AS(bertlet::embedder::from_bytes(tiny_blob(m, hk)),
+                             doctest::Contains("expected (32,16), got (16,32)"), model_error);
+    }
+    SUBCASE("max length beyond the position table") {
+        blob_hooks hk;
+        hk.meta_override = [](bertlet::blob::writer& w) { w.set_u64("tokenizer.max_length", 25); };
+        CHECK_THROWS_WITH_AS(bertlet::embedder::from_bytes(tiny_blob(m, hk)), doctest::Contains("[bertlet.model.202]"), model_error);
+    }
+    SUBCASE("verify without reference vectors is an error, not a silent pass") {
+        const auto e = bertlet::embedder::from_bytes(tiny_blob(m));
+        CHECK_THROWS_WITH_AS(e.verify(), doctest::Contains("[bertlet.model.207]"), model_error);
+    }
+}
+
+TEST_CASE("verify catches weights that do not reproduce the reference vectors") {
+    const auto m = make_tiny(tiny_spec{});
+    const auto good = bertlet::embedder::from_bytes(tiny_blob(m));
+    const std::vector<std::string> texts = {"the cat sat", "dogs!"};
+    const auto ref = good.embed_batch(texts);
+    std::vector<float> flat;
+    for (const auto& r : ref) flat.insert(flat.end(), r.begin(), r.end());
+    blob_hooks hk;
+    hk.meta_override = [&](bertlet::blob::writer& w) {
+        w.set_str_array("verify.texts", texts);
+        w.set_f32_array("verify.embeddings", flat);
+        w.set_f64("verify.tolerance", 1e-5);
+    };
+    bertlet::load_options lo;
+    lo.verify = true;
+    CHECK_NOTHROW(bertlet::embedder::from_bytes(tiny_blob(m, hk), lo));
+    auto other = make_tiny(tiny_spec{}, 8);  // same shapes, different weights: a layout slip would look like this
+    CHECK_THROWS_WITH_AS(bertlet::embedder::from_bytes(tiny_blob(other, hk), lo),
+                         doctest::Contains("reference text 0"), bertlet::model_error);
+}
+
+TEST_CASE("token ids are checked before they index the embedding table") {
+    const auto m = make_tiny(tiny_spec{});
+    const auto e = bertlet::embedder::from_bytes(tiny_blob(m));
+    bertlet::embed_workspace ws;
+    std::vector<float> out(e.dim());
+    CHECK_THROWS_AS(e.embed_ids({{2, 40, 3}}, out.data(), ws), bertlet::input_error);
+    CHECK_THROWS_AS(e.embed_ids({{2, -1, 3}}, out.data(), ws), bertlet::input_error);
+    CHECK_THROWS_AS(e.embed_ids({std::vector<std::int32_t>(25, 5)}, out.data(), ws), bertlet::input_error);
+    CHECK_NOTHROW(e.embed_ids({std::vector<std::int32_t>(24, 5)}, out.data(), ws));
+}
+
+// ---- the real model (built by scripts/setup.sh) ----------------------------------------------------------------
+
+namespace {
+const std::string kModel = std::string(BERTLET_MODELS_DIR) + "/all-MiniLM-L6-v2.bertlet";
+
+struct golden {
+    std::string text;
+    std::vector<float> embedding;
+};
+
+// Reads tests/data/golden_stsb_small.jsonl: {"text": "...", "embedding": [...]} per line.
+std::vector<golden> read_goldens() {
+    std::ifstream in(std::string(BERTLET_TEST_DATA) + "/golden_stsb_small.jsonl");
+    REQUIRE(in.good());
+    std::vector<golden> out;
+    std::string line;
+    while (std::getline(in, line)) {
+        golden g;
+        const auto tk = line.find("\"text\"");
+        REQUIRE(tk != std::string::npos);
+        std::size_t i = line.find('"', line.find(':', tk) + 1) + 1;
+        while (line[i] != '"') {
+            if (line[i] == '\\') {
+                const char c = line[++i];
+                if (c == 'u') {
+                    const unsigned cp = std::stoul(line.substr(i + 1, 4), nullptr, 16);
+                    i += 4;
+                    REQUIRE(cp < 0xD800);  // goldens are written with ensure_ascii; no astral chars in this subset
+                    if (cp < 0x80) g.text += char(cp);
+                    else if (cp < 0x800) { g.text += char(0xC0 | (cp >> 6)); g.text += char(0x80 | (cp & 0x3F)); }
+                    else { g.text += char(0xE0 | (cp >> 12)); g.text += char(0x80 | ((cp >> 6) & 0x3F)); g.text += char(0x80 | (cp & 0x3F)); }
+                } else {
+                    g.text += c == 'n' ? '\n' : c == 't' ? '\t' : c;
+                }
+            } else {
+                g.text += line[i];
+            }
+            ++i;
+        }
+        const auto ek = line.find('[', line.find("\"embedding\""));
+        std::istringstream nums(line.substr(ek + 1, line.find(']', ek) - ek - 1));
+        std::string num;
+        while (std::getline(nums, num, ',')) g.embedding.push_back(std::stof(num));
+        out.push_back(std::move(g));
+    }
+    return out;
+}
+}  // namespace
+
+TEST_CASE("all-MiniLM-L6-v2: loads, verifies and matches the committed Hugging Face goldens") {
+    bertlet::load_options lo;
+    lo.verify = true;
+    const auto e = bertlet::embedder::load(kModel, lo);
+    CHECK(e.dim() == 384);
+    CHECK(e.config().num_layers == 6);
+    CHECK(e.pooling().mode == bertlet::pooling_mode::mean);
+    CHECK(e.pooling().normalize);
+    const auto rep = e.verify();
+    CHECK(rep.texts >= 3);
+    CHECK(rep.max_abs_diff <= 1e-4);
+
+    const auto gold = read_goldens();
+    REQUIRE(gold.size() >= 16);
+    std::vector<std::string> texts;
+    for (const auto& g : gold) texts.push_back(g.text);
+    const auto got = e.embed_batch(texts);
+    for (std::size_t i = 0; i < gold.size(); ++i) {
+        CAPTURE(gold[i].text);
+        REQUIRE(gold[i].embedding.size() == 384);
+        double dot = 0, na = 0, nb = 0, mad = 0;
+        for (std::size_t k = 0; k < 384; ++k) {
+            dot += double(got[i][k]) * gold[i].embedding[k];
+            na += double(got[i][k]) * got[i][k];
+            nb += double(gold[i].embedding[k]) * gold[i].embedding[k];
+            mad = std::max(mad, std::fabs(double(got[i][k]) - gold[i].embedding[k]));
+        }
+        CHECK(dot / std::sqrt(na * nb) >= 0.99999);
+        CHECK(mad <= 1e-4);
+    }
+}
+
+TEST_CASE("all-MiniLM-L6-v2: one model shared by many threads gives the same answers") {
+    const auto e = bertlet::embedder::load(kModel);
+    const std::vector<std::string> texts = {"A man is playing a guitar.", "A woman is slicing an onion.",
+                                            "Three dogs run across the snowy field.", "Über café naïve — 東京 🚀"};
+    const auto expect = e.embed_batch(texts);
+    std::vector<int> mismatches(4, 0);
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; ++t)
+        threads.emplace_back([&, t] {
+            bertlet::embed_workspace ws;
+            std::vector<float> out(e.dim());
+            for (int rep = 0; rep < 20; ++rep) {
+                const auto& text = texts[(t + rep) % texts.size()];
+                e.embed(text, out.data(), ws);
+                for (std::size_t k = 0; k < e.dim(); ++k)
+                    if (std::fabs(out[k] - expect[(t + rep) % texts.size()][k]) > 1e-5f) { ++mismatches[t]; break; }
+            }
+        });
+    for (auto& th : threads) th.join();
+    for (int t = 0; t < 4; ++t) CHECK(mismatches[t] == 0);
+}
