@@ -10,7 +10,7 @@ MODELS="$ROOT/models"
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 # 1. Debian packages --------------------------------------------------------------------------------------------
-APT_PKGS=(build-essential cmake ninja-build libeigen3-dev libxsimd-dev doctest-dev libbenchmark-dev
+APT_PKGS=(build-essential cmake ninja-build libeigen3-dev libxsimd-dev xtl-dev doctest-dev libbenchmark-dev
           python3 python3-venv python3-pip python3-torch python3-numpy unzip)
 missing=()
 for p in "${APT_PKGS[@]}"; do

@@ -208,6 +208,10 @@ def load_weights(path: Path) -> Dict[str, np.ndarray]:
         if not isinstance(state, dict):
             raise ConversionError(f"{path}: expected a state dict, got {type(state).__name__}")
     out: Dict[str, np.ndarray] = {}
+    widened = sorted({str(t.dtype).replace("torch.", "") for t in state.values()
+                      if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float32})
+    if widened:
+        log(f"note: {path.name} holds {', '.join(widened)} tensors; they are widened exactly to f32")
     for k, t in state.items():
         if not isinstance(t, torch.Tensor):
             raise ConversionError(f"{path}: entry '{k}' is a {type(t).__name__}, not a tensor")
@@ -608,6 +612,9 @@ def atomic_write(out: Path, data: bytes, progress: bool = True) -> None:
                 bar.update(min(step, len(data) - i))
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the blob normal permissions
         os.replace(tmp, out)
     except BaseException:
         try:
@@ -669,15 +676,15 @@ def convert(ckpt_dir: Path, out: Path, name: Optional[str] = None, verify_vector
     max_length = min(limits)
     if max_length < 3:
         raise ConversionError(f"{tdir}: max length {max_length} leaves no room for text between [CLS] and [SEP]")
-    if pipe.pooling_dim is not None and pipe.pooling_dim != cfg.hidden_size:
-        raise ConversionError(f"{pipe.pooling_config}: word_embedding_dimension {pipe.pooling_dim} "
-                              f"!= hidden_size {cfg.hidden_size} in {tdir / 'config.json'}")
 
     wfile = find_weight_file(tdir)
     log(f"reading {wfile}")
     raw = load_weights(wfile)
     tensors, ignored = map_tensors(raw, cfg, wfile, tdir / "config.json")
     del raw
+    if pipe.pooling_dim is not None and pipe.pooling_dim != cfg.hidden_size:
+        raise ConversionError(f"{pipe.pooling_config}: word_embedding_dimension {pipe.pooling_dim} "
+                              f"!= hidden_size {cfg.hidden_size} in {tdir / 'config.json'}")
     if ignored:
         log(f"ignoring {len(ignored)} tensor(s) not used by the encoder: {', '.join(ignored)}")
 

@@ -254,20 +254,27 @@ private:
     [[noreturn]] void wrong_type(const meta_entry& e, value_type want) const;
     const std::byte* at(std::uint64_t pos) const noexcept { return storage_->data() + pos; }
 
-    // bounded cursor over [pos, end) of the file
+    // bounded cursor over [pos, end) of the file. `what` labels are a string or a callable returning one (built only
+    // when an error is reported, so hot loops such as a 30k-token vocabulary do not format strings).
+    template <class L>
+    static std::string label(const L& l) {
+        if constexpr (std::is_invocable_v<const L&>) return l();
+        else return std::string(l);
+    }
     struct cursor {
         const reader* r;
         std::uint64_t pos, end;
         const char* section;
         std::uint64_t remaining() const noexcept { return end - pos; }
-        void need(std::uint64_t n, const std::string& what) const {
+        template <class L>
+        void need(std::uint64_t n, const L& what) const {
             if (n > end - pos)
-                r->fail(errc::truncated, what + " at offset " + std::to_string(pos) + ": needs " + std::to_string(n) +
+                r->fail(errc::truncated, label(what) + " at offset " + std::to_string(pos) + ": needs " + std::to_string(n) +
                                              " bytes, only " + std::to_string(end - pos) + " remain in the " +
                                              section);
         }
-        template <class T>
-        T read(const std::string& what) {
+        template <class T, class L>
+        T read(const L& what) {
             need(sizeof(T), what);
             T v = detail::load_le<T>(r->at(pos));
             pos += sizeof(T);
@@ -289,20 +296,21 @@ private:
         }
         // A string: u32 length (checked against [min_len, max_len] with id `len_id`, then against the bytes
         // remaining), bytes validated as UTF-8.
-        std::string_view string(const std::string& what, std::uint32_t min_len, std::uint32_t max_len, int len_id) {
+        template <class L>
+        std::string_view string(const L& what, std::uint32_t min_len, std::uint32_t max_len, int len_id) {
             const std::uint64_t at_pos = pos;
-            const auto n = read<std::uint32_t>(what + " length");
+            const auto n = read<std::uint32_t>([&] { return label(what) + " length"; });
             if (n < min_len || n > max_len)
-                r->fail(len_id, what + " at offset " + std::to_string(at_pos) + ": length " + std::to_string(n) +
+                r->fail(len_id, label(what) + " at offset " + std::to_string(at_pos) + ": length " + std::to_string(n) +
                                     " outside " + std::to_string(min_len) + ".." + std::to_string(max_len));
             if (n > remaining())
-                r->fail(errc::limit_exceeded, what + " at offset " + std::to_string(at_pos) + ": length " +
+                r->fail(errc::limit_exceeded, label(what) + " at offset " + std::to_string(at_pos) + ": length " +
                                                   std::to_string(n) + " exceeds the " + std::to_string(remaining()) +
                                                   " bytes remaining in the " + section);
             const auto* p = reinterpret_cast<const unsigned char*>(r->at(pos));
             const std::size_t bad = detail::utf8_invalid_at(p, n);
             if (bad != n)
-                r->fail(errc::bad_string, what + " at offset " + std::to_string(at_pos) +
+                r->fail(errc::bad_string, label(what) + " at offset " + std::to_string(at_pos) +
                                               ": invalid UTF-8 at byte " + std::to_string(bad) + " ('" +
                                               detail::printable(p, n) + "')");
             pos += n;
@@ -531,7 +539,8 @@ inline void reader::parse_metadata() {
                 e.count = c.count(kq + " ARR_STR count", 4);
                 e.pos = c.pos;
                 for (std::uint64_t k = 0; k < e.count; ++k)
-                    c.string(kq + " element #" + std::to_string(k), 0, max_string_len, errc::limit_exceeded);
+                    c.string([&] { return kq + " element #" + std::to_string(k); }, 0, max_string_len,
+                             errc::limit_exceeded);
                 break;
             }
             case value_type::arr_i64: {

@@ -23,6 +23,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <string_view>
 
 namespace bertlet::detail {
@@ -83,7 +84,7 @@ inline std::size_t utf8_find_invalid(std::string_view s, std::size_t from = 0) n
         // ASCII fast path, 8 bytes at a time.
         while (end - p >= 8) {
             std::uint64_t w;
-            __builtin_memcpy(&w, p, 8);
+            std::memcpy(&w, p, 8);
             if (w & 0x8080808080808080ull) break;
             p += 8;
         }
