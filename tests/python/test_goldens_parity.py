@@ -145,6 +145,7 @@ def test_parity_with_real_hf_command(small_npz: Path, model_dir: Path, tmp_path:
     assert figures["n"] == 24 and figures["passed"] is True
     assert figures["min_cosine"] >= 0.99999 and figures["max_abs_diff"] <= 1e-4
     assert abs(figures["spearman_delta"]) <= 0.05
+    assert figures["spearman_delta"] == pytest.approx(figures["spearman_bertlet"] - figures["spearman_hf"])
     assert "PASS" in out
 
 

@@ -119,7 +119,7 @@ class Report:
     worst_text: str
     max_abs_diff: float
     mean_abs_diff: float
-    spearman_cmd: Optional[float]
+    spearman_bertlet: Optional[float]
     spearman_hf: Optional[float]
     spearman_delta: Optional[float]
     passed: bool
@@ -144,7 +144,7 @@ def compare(g: Golden, got: np.ndarray, min_cos: float, max_abs: float, max_dsp:
         dsp = sp_cmd - sp_hf
     r = Report(n=len(g.sentences), dim=ref.shape[1], min_cosine=float(cos.min()), worst_index=worst,
                worst_text=g.sentences[worst], max_abs_diff=float(diff.max()), mean_abs_diff=float(diff.mean()),
-               spearman_cmd=sp_cmd, spearman_hf=sp_hf, spearman_delta=dsp, passed=False, failures=failures)
+               spearman_bertlet=sp_cmd, spearman_hf=sp_hf, spearman_delta=dsp, passed=False, failures=failures)
     if not r.min_cosine >= min_cos:
         failures.append(f"min cosine {r.min_cosine:.8f} < {min_cos}")
     if not r.max_abs_diff <= max_abs:
@@ -161,10 +161,10 @@ def format_report(r: Report) -> List[str]:
         f"min cosine(cmd, HF): {r.min_cosine:.8f} (sentence {r.worst_index}: {r.worst_text[:70]!r})",
         f"max abs diff: {r.max_abs_diff:.3e}   mean abs diff: {r.mean_abs_diff:.3e}",
     ]
-    if r.spearman_cmd is None:
+    if r.spearman_bertlet is None:
         lines.append("STS-B Spearman x100: n/a (golden has no gold scores; check not applied)")
     else:
-        lines.append(f"STS-B Spearman x100: cmd {r.spearman_cmd:.4f}  HF {r.spearman_hf:.4f}  "
+        lines.append(f"STS-B Spearman x100: bertlet (cmd) {r.spearman_bertlet:.4f}  HF {r.spearman_hf:.4f}  "
                      f"delta {r.spearman_delta:+.4f}")
     lines.append("PASS" if r.passed else "FAIL: " + "; ".join(r.failures))
     return lines

@@ -47,7 +47,13 @@
 //     runs of combining marks. Marks with non-zero combining class are almost all Mn and are removed anyway; only
 //     the relative order of surviving non-Mn marks with non-zero combining class (e.g. musical-symbol stems
 //     U+1D165.., Hangul tone marks U+302E/U+302F, a few Mc viramas, Unicode >= 13 marks unknown to HF's tables)
-//     inside one run can differ. None occur in the parity data sets.
+//     inside one run can differ. No token of the all-MiniLM-L6-v2 vocabulary contains any mark with non-zero
+//     combining class, so for it such a word is [UNK] in either order and the ids cannot differ.
+//   * not a tokenizer difference but a caller one: transformers' BertTokenizerFast treats text_pair="" as "no pair";
+//     encode_pair(a, "") encodes an explicit empty second text ([CLS] a [SEP] [SEP]), as tokenizers' encode(a, "")
+//     does. Call encode(a) to get transformers' result.
+//   * vocab.txt lines are split on '\n' with one trailing '\r' removed (HF's WordPiece::read_file also trims other
+//     trailing whitespace; BERT vocabularies have none).
 //
 // Thread safety: a constructed tokenizer is immutable; all const members may be called concurrently.
 #pragma once
