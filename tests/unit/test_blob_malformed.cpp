@@ -43,6 +43,14 @@ BLOB_NOINLINE void operator delete(void* p) noexcept { std::free(p); }
 BLOB_NOINLINE void operator delete[](void* p) noexcept { std::free(p); }
 BLOB_NOINLINE void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 BLOB_NOINLINE void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+// The nothrow forms too (std::stable_sort's temporary buffer uses them): every form of new must pair with this delete.
+BLOB_NOINLINE void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
+    g_alloc_bytes += n;
+    return std::malloc(n ? n : 1);
+}
+BLOB_NOINLINE void* operator new[](std::size_t n, const std::nothrow_t& t) noexcept { return ::operator new(n, t); }
+BLOB_NOINLINE void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
+BLOB_NOINLINE void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
 #define BLOB_ALLOC_HOOK 1
 #else
 #define BLOB_ALLOC_HOOK 0

@@ -1,0 +1,189 @@
+// bertlet — packed fp32 GEMM: weight layout, epilogues and the ISA-independent blocking driver.
+//
+// Packed weight layout (PACKED_N16, blob layout 1; docs/FORMAT.md)
+// ----------------------------------------------------------------
+// An nn.Linear weight W[N, K] (N outputs, K inputs, PyTorch order) is stored as ceil(N/16) *panels*. Panel p holds
+// output features 16p .. 16p+15; inside a panel, for each k = 0..K-1 the 16 values W[16p + j, k] (j = 0..15) are
+// consecutive:
+//
+//     packed[(p * K + k) * 16 + j] = W[16p + j, k]      (0 when 16p + j >= N: the tail panel is zero-padded)
+//
+// so a micro-kernel reads one row of 16 output features per k with unit stride: one zmm on AVX-512, two ymm on
+// AVX2, four q-registers on NEON, one 16-float loop in the scalar path. Every path uses the same bytes, which is
+// why the converter can pre-pack once and the loader can keep the mmap.
+//
+// Blocking (C[M, N] = A[M, K] * W^T, A row-major with stride lda)
+// ---------------------------------------------------------------
+//   for each block of MC rows                        (A block stays in L2)
+//     for each K block of at most KC                 (K split into equal blocks; results never depend on threads)
+//       pack A[rows, kblock] into micro-panels of MR rows: for each k, MR consecutive floats (tail rows zeroed)
+//       for each group of NP panels (16*NP columns)  (the B micro-panel kc x 16*NP stays in L1)
+//         for each micro-panel of MR rows            -> ISA micro-kernel: MR x 16*NP accumulators in registers
+// The micro-kernel adds the previous K blocks' partial sums from C, and on the last K block applies the fused
+// epilogue (alpha, bias, residual, GELU) before storing. Each output element is computed by exactly one call
+// sequence whatever the thread split, so results are bit-identical for any thread count.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace bertlet::detail {
+
+inline constexpr std::ptrdiff_t panel_width = 16;
+
+constexpr std::ptrdiff_t panels_of(std::ptrdiff_t n) noexcept { return (n + panel_width - 1) / panel_width; }
+
+/// Floats needed for the packed form of an [n, k] weight.
+constexpr std::size_t packed_n16_size(std::size_t n, std::size_t k) noexcept {
+    return (n + panel_width - 1) / panel_width * panel_width * k;
+}
+
+/// Packs a row-major W[n, k] (stride ldw) into PACKED_N16 panels (out holds packed_n16_size(n, k) floats).
+inline void pack_n16(const float* w, std::ptrdiff_t n, std::ptrdiff_t k, std::ptrdiff_t ldw, float* out) {
+    const std::ptrdiff_t np = panels_of(n);
+    for (std::ptrdiff_t p = 0; p < np; ++p)
+        for (std::ptrdiff_t kk = 0; kk < k; ++kk) {
+            float* o = out + (p * k + kk) * panel_width;
+            for (std::ptrdiff_t j = 0; j < panel_width; ++j) {
+                const std::ptrdiff_t r = p * panel_width + j;
+                o[j] = r < n ? w[r * ldw + kk] : 0.0f;
+            }
+        }
+}
+
+/// Packs B[k, n] given row-major (stride ldb) as the "transposed weight" of a GEMM: C = A * B. Panel p, row kk holds
+/// B[kk, 16p .. 16p+15]. Used for attention's V (B = V_h, [L, D]).
+inline void pack_kn16(const float* b, std::ptrdiff_t k, std::ptrdiff_t n, std::ptrdiff_t ldb, float* out) {
+    const std::ptrdiff_t np = panels_of(n);
+    for (std::ptrdiff_t p = 0; p < np; ++p)
+        for (std::ptrdiff_t kk = 0; kk < k; ++kk) {
+            float* o = out + (p * k + kk) * panel_width;
+            const float* src = b + kk * ldb + p * panel_width;
+            const std::ptrdiff_t w = std::min<std::ptrdiff_t>(panel_width, n - p * panel_width);
+            std::ptrdiff_t j = 0;
+            for (; j < w; ++j) o[j] = src[j];
+            for (; j < panel_width; ++j) o[j] = 0.0f;
+        }
+}
+
+/// Inverse of pack_n16 (tests, tools).
+inline void unpack_n16(const float* packed, std::ptrdiff_t n, std::ptrdiff_t k, float* w) {
+    for (std::ptrdiff_t r = 0; r < n; ++r)
+        for (std::ptrdiff_t kk = 0; kk < k; ++kk)
+            w[r * k + kk] = packed[((r / panel_width) * k + kk) * panel_width + r % panel_width];
+}
+
+enum class activation { none, gelu_erf, gelu_tanh };
+
+/// What happens to each accumulated element before it is stored: y = act(alpha * acc + bias[col] + res[row, col]).
+struct epilogue {
+    float alpha = 1.0f;
+    const float* bias = nullptr;      // [N] or null
+    const float* residual = nullptr;  // [M, N] with row stride ldr, or null
+    std::ptrdiff_t ldr = 0;
+    activation act = activation::none;
+};
+
+/// C[M, N] (stride ldc) = epilogue(A[M, K] (stride lda) * B), B packed in N16 panels of K rows each.
+struct gemm_args {
+    const float* a = nullptr;
+    std::ptrdiff_t lda = 0;
+    const float* b = nullptr;
+    float* c = nullptr;
+    std::ptrdiff_t ldc = 0;
+    std::ptrdiff_t m = 0, n = 0, k = 0;
+    epilogue ep;
+};
+
+/// One micro-kernel call: an MR x (16*NP) tile of C over one K block.
+struct tile_args {
+    const float* ap;          // packed A micro-panel: for each k, MR floats
+    const float* b;           // first B panel at the K block start; the next panel is `pstride` floats further
+    std::ptrdiff_t pstride;   // 16 * K
+    std::ptrdiff_t kc;        // K block length (>= 1)
+    float* c;                 // C at the tile origin
+    std::ptrdiff_t ldc;
+    int rows;                 // valid rows (<= MR)
+    int cols;                 // valid columns (<= 16 * NP)
+    bool add_c;               // add what C holds (partial sums of earlier K blocks)
+    const epilogue* ep;       // non-null on the last K block
+    const float* bias;        // bias at the tile's first column (if ep && ep->bias)
+    const float* res;         // residual at the tile origin (if ep && ep->residual)
+};
+
+// Blocking parameters shared by every path (see above).
+inline constexpr std::ptrdiff_t gemm_mc = 192;
+inline constexpr std::ptrdiff_t gemm_kc = 256;
+inline constexpr std::ptrdiff_t gemm_max_mr = 16;
+
+/// Floats of per-thread scratch one GEMM call needs (the packed A block).
+constexpr std::size_t gemm_scratch_floats() noexcept {
+    return static_cast<std::size_t>((gemm_mc + gemm_max_mr) * gemm_kc);
+}
+
+/// The blocking driver. Traits: MR (rows per micro-kernel), MR_STEP (tail rows are rounded up to a multiple of it),
+/// NP (panels per micro-kernel) and tile(const tile_args&, int mr, int np), compiled for its ISA.
+/// Computes rows [m0, m1) and panels [p0, p1) of C. scratch: gemm_scratch_floats() floats.
+template <class Traits>
+void gemm_blocked(const gemm_args& g, std::ptrdiff_t m0, std::ptrdiff_t m1, std::ptrdiff_t p0, std::ptrdiff_t p1,
+                  float* scratch) {
+    constexpr int MR = Traits::MR;
+    constexpr int STEP = Traits::MR_STEP;
+    constexpr int NP = Traits::NP;
+    static_assert(MR <= gemm_max_mr && MR % STEP == 0, "bad micro-kernel shape");
+    const std::ptrdiff_t K = g.k;
+    if (m1 <= m0 || p1 <= p0 || K <= 0) return;
+    const std::ptrdiff_t nkb = (K + gemm_kc - 1) / gemm_kc;
+    const std::ptrdiff_t kcs = (K + nkb - 1) / nkb;  // equal K blocks: every element sees the same split
+    const std::ptrdiff_t pstride = panel_width * K;
+    for (std::ptrdiff_t mb = m0; mb < m1; mb += gemm_mc) {
+        const std::ptrdiff_t mlen = std::min(gemm_mc, m1 - mb);
+        for (std::ptrdiff_t k0 = 0; k0 < K; k0 += kcs) {
+            const std::ptrdiff_t kc = std::min(kcs, K - k0);
+            const bool last = k0 + kc == K;
+            // pack A[mb .. mb+mlen, k0 .. k0+kc] into micro-panels
+            float* ap = scratch;
+            for (std::ptrdiff_t i0 = 0; i0 < mlen; i0 += MR) {
+                const int rows = static_cast<int>(std::min<std::ptrdiff_t>(MR, mlen - i0));
+                const int mr = (rows + STEP - 1) / STEP * STEP;
+                const float* src = g.a + (mb + i0) * g.lda + k0;
+                for (int i = 0; i < rows; ++i) {
+                    const float* s = src + i * g.lda;
+                    for (std::ptrdiff_t kk = 0; kk < kc; ++kk) ap[kk * mr + i] = s[kk];
+                }
+                for (int i = rows; i < mr; ++i)
+                    for (std::ptrdiff_t kk = 0; kk < kc; ++kk) ap[kk * mr + i] = 0.0f;
+                ap += mr * kc;
+            }
+            for (std::ptrdiff_t p = p0; p < p1; p += NP) {
+                const int np = static_cast<int>(std::min<std::ptrdiff_t>(NP, p1 - p));
+                const std::ptrdiff_t col0 = p * panel_width;
+                const int cols = static_cast<int>(std::min<std::ptrdiff_t>(np * panel_width, g.n - col0));
+                const float* ap_i = scratch;
+                for (std::ptrdiff_t i0 = 0; i0 < mlen; i0 += MR) {
+                    const int rows = static_cast<int>(std::min<std::ptrdiff_t>(MR, mlen - i0));
+                    const int mr = (rows + STEP - 1) / STEP * STEP;
+                    tile_args t;
+                    t.ap = ap_i;
+                    t.b = g.b + p * pstride + k0 * panel_width;
+                    t.pstride = pstride;
+                    t.kc = kc;
+                    t.c = g.c + (mb + i0) * g.ldc + col0;
+                    t.ldc = g.ldc;
+                    t.rows = rows;
+                    t.cols = cols;
+                    t.add_c = k0 > 0;
+                    t.ep = last ? &g.ep : nullptr;
+                    t.bias = last && g.ep.bias ? g.ep.bias + col0 : nullptr;
+                    t.res = last && g.ep.residual ? g.ep.residual + (mb + i0) * g.ep.ldr + col0 : nullptr;
+                    Traits::tile(t, mr, np);
+                    ap_i += mr * kc;
+                }
+            }
+        }
+    }
+}
+
+}  // namespace bertlet::detail
