@@ -4,9 +4,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/setup.sh
-bash scripts/build.sh build >/dev/null
+bash scripts/build.sh build >/dev/null 2>&1 || bash scripts/build.sh build
 MODEL="$ROOT/models/all-MiniLM-L6-v2.bertlet"
-echo "== bertlet-embed (first 8 of 384 dims)"
+echo "== bertlet-embed (384 floats per line; cut to 110 characters here)"
 build/examples/bertlet-embed --model "$MODEL" --verify "A man is playing a guitar." "A woman is slicing an onion." \
   | cut -c1-110
 echo "== bertlet-similarity (STS-B style pairs)"

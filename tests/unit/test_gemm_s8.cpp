@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "bertlet/kernels/gemm_s8.hpp"
@@ -50,7 +51,7 @@ std::vector<s8_path> supported_paths() {
         if (bertlet::s8_path_supported(p))
             v.push_back(p);
         else
-            MESSAGE("int8 path ", bertlet::s8_path_name(p), " not supported by this CPU: skipped");
+            MESSAGE("int8 path ", std::string(bertlet::s8_path_name(p)), " not supported by this CPU: skipped");
     }
     return v;
 }
@@ -114,7 +115,8 @@ TEST_CASE("gemm_s8: every path equals the reference bit-exactly (odd shapes)") {
                 std::vector<std::uint8_t> scratch(bertlet::gemm_s8_scratch_bytes(M, K) + 1);
                 std::vector<float> Yref, Yref_nb;
                 for (s8_path p : paths) {
-                    CAPTURE(bertlet::s8_path_name(p));
+                    const std::string path_name = bertlet::s8_path_name(p);
+                    CAPTURE(path_name);
                     CAPTURE(M);
                     CAPTURE(N);
                     CAPTURE(K);
@@ -198,7 +200,8 @@ TEST_CASE("gemm_s8: saturation-adversarial inputs are exact on every path") {
         const auto pk = bertlet::pack_s8(W.data(), N, K);
         std::vector<std::uint8_t> scratch(bertlet::gemm_s8_scratch_bytes(M, K));
         for (s8_path p : paths) {
-            CAPTURE(bertlet::s8_path_name(p));
+            const std::string path_name = bertlet::s8_path_name(p);
+                    CAPTURE(path_name);
             CAPTURE(K);
             std::vector<std::int32_t> C(M * N);
             bertlet::gemm_s8_s32(p, X.data(), M, K, K, pk.view(), C.data(), N, nullptr, scratch.data());
@@ -227,7 +230,8 @@ TEST_CASE("gemm_s8: quantization error against an f32 GEMM on Gaussian data") {
         const auto pk = bertlet::pack_s8(W.data(), N, K);
         std::vector<std::uint8_t> scratch(bertlet::gemm_s8_scratch_bytes(M, K));
         for (s8_path p : paths) {
-            CAPTURE(bertlet::s8_path_name(p));
+            const std::string path_name = bertlet::s8_path_name(p);
+                    CAPTURE(path_name);
             CAPTURE(K);
             std::vector<float> Y(M * N);
             bertlet::gemm_s8(p, X.data(), M, K, K, pk.view(), b.data(), Y.data(), N, scratch.data());
@@ -245,7 +249,7 @@ TEST_CASE("gemm_s8: quantization error against an f32 GEMM on Gaussian data") {
                 worst = std::max(worst, emax / rmax);
                 sum_rel += emax / rmax;
             }
-            MESSAGE(bertlet::s8_path_name(p), " K=", K, ": max |err| / max |Y| per row: worst ", worst, ", mean ",
+            MESSAGE(std::string(bertlet::s8_path_name(p)), " K=", K, ": max |err| / max |Y| per row: worst ", worst, ", mean ",
                     sum_rel / M);
             CHECK(worst <= 0.02);
         }
@@ -281,5 +285,5 @@ TEST_CASE("gemm_s8: errors and degenerate inputs") {
     // the dispatcher picks a supported path for every ISA level
     for (auto a : {bertlet::isa::scalar, bertlet::isa::avx2, bertlet::isa::avx512, bertlet::isa::neon})
         CHECK(bertlet::s8_path_supported(bertlet::s8_path_for(a)));
-    MESSAGE("active int8 path: ", bertlet::s8_path_name(bertlet::active_s8_path()));
+    MESSAGE("active int8 path: ", std::string(bertlet::s8_path_name(bertlet::active_s8_path())));
 }

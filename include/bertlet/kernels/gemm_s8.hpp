@@ -45,6 +45,14 @@
 #define BERTLET_TARGET(s) __attribute__((target(s)))
 #endif
 
+// GCC 12's AVX-512 intrinsics self-initialize their undefined operands (`__m512 __Y = __Y;`, GCC PR 105593), which
+// -Wmaybe-uninitialized reports once inlined here; it is not a real read.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+
 namespace bertlet {
 
 inline constexpr std::size_t s8_panel_rows = 16;  // output rows per panel
@@ -664,4 +672,8 @@ inline void linear_s8(const float* X, std::ptrdiff_t rows, std::ptrdiff_t in, st
 #if defined(BERTLET_S8_X86)
 #undef BERTLET_S8_AVX512
 #undef BERTLET_TARGET
+#endif
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
 #endif
