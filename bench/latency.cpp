@@ -310,8 +310,12 @@ int main(int argc, char** argv) {
             ",\"isa\":" + json_str(isa_string()) + ",\"threads_requested\":" + std::to_string(threads) +
             ",\"threads_used\":" + std::to_string(th.used) + ",\"threads_wired\":" + json_str(th.wired) +
             ",\"load_ms\":" + num(load_ms) + ",\"compile_flags\":" + json_str(BERTLET_COMPILE_FLAGS);
-        if (info_only) {
-            std::cout << "{\"kind\":\"info\"," << common << ",\"dim\":" << m.dim() << "}" << std::endl;
+        if (info_only) {  // also the seq-16 input ids, so compare.py can assert every system gets the same ones
+            std::string ids;
+            for (const auto id : sequence_of(m, 16)) ids += (ids.empty() ? "" : ",") + std::to_string(id);
+            std::cout << "{\"kind\":\"info\"," << common << ",\"dim\":" << m.dim()
+                      << ",\"max_length\":" << m.tokenizer().config().max_length << ",\"sample_ids_16\":[" << ids
+                      << "]}" << std::endl;
             return 0;
         }
         for (const long s : seqs)

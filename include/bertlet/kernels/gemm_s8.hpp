@@ -320,7 +320,7 @@ inline void quantize_x_avx2(const float* X, std::size_t M, std::size_t K, std::s
 
 // Epilogue for one row x one panel (two ymm of 8 s32). U8: VNNI form, subtract 128 * row_sum.
 template <bool RAW, bool U8>
-BERTLET_TARGET("avx2,fma")
+BERTLET_TARGET("avx2,fma") __attribute__((always_inline))
 inline void s8_store_avx2(const s8_args& a, std::size_t m, std::size_t n0, __m256i c0, __m256i c1) {
     if (n0 >= a.N) return;
     if (U8) {
@@ -403,7 +403,9 @@ void s8_kernel_avx2(const s8_args& a, std::size_t m0, std::size_t p0) {
                 }
         }
     }
+#pragma GCC unroll 8
     for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
         for (int j = 0; j < NR; ++j)
             s8_store_avx2<RAW, false>(a, m0 + i, (p0 + j) * 16, acc[i][j][0], acc[i][j][1]);
 }
@@ -443,7 +445,9 @@ void s8_kernel_avx_vnni(const s8_args& a, std::size_t m0, std::size_t p0) {
             }
         }
     }
+#pragma GCC unroll 8
     for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
         for (int j = 0; j < NR; ++j)
             s8_store_avx2<RAW, true>(a, m0 + i, (p0 + j) * 16, acc[i][j][0], acc[i][j][1]);
 }
@@ -490,7 +494,7 @@ inline void quantize_x_avx512(const float* X, std::size_t M, std::size_t K, std:
 }
 
 template <bool RAW, bool U8>
-BERTLET_TARGET(BERTLET_S8_AVX512)
+BERTLET_TARGET(BERTLET_S8_AVX512) __attribute__((always_inline))
 inline void s8_store_avx512(const s8_args& a, std::size_t m, std::size_t n0, __m512i c) {
     if (n0 >= a.N) return;
     if (U8) c = _mm512_sub_epi32(c, _mm512_slli_epi32(_mm512_loadu_si512(a.w->row_sums + n0), 7));
@@ -539,7 +543,9 @@ void s8_kernel_avx512(const s8_args& a, std::size_t m0, std::size_t p0) {
             }
         }
     }
+#pragma GCC unroll 8
     for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
         for (int j = 0; j < NR; ++j) s8_store_avx512<RAW, false>(a, m0 + i, (p0 + j) * 16, acc[i][j]);
 }
 
@@ -572,13 +578,15 @@ void s8_kernel_avx512_vnni(const s8_args& a, std::size_t m0, std::size_t p0) {
             for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], xb, w[j]);
         }
     }
+#pragma GCC unroll 8
     for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
         for (int j = 0; j < NR; ++j) s8_store_avx512<RAW, true>(a, m0 + i, (p0 + j) * 16, acc[i][j]);
 }
 
 struct s8_fam_avx512_vnni {
-    static constexpr int NR = 3;
-    BERTLET_S8_ROWS(s8_kernel_avx512_vnni, 8)
+    static constexpr int NR = 4;
+    BERTLET_S8_ROWS(s8_kernel_avx512_vnni, 4)
 };
 
 #endif  // BERTLET_S8_X86
