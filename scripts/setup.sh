@@ -71,6 +71,15 @@ if [ ! -f "$BLOB" ] || [ "$(cat "$BLOB.stamp" 2>/dev/null)" != "$CONV_HASH" ]; t
   echo "$CONV_HASH" > "$BLOB.stamp"
 fi
 
+# 4b. int8 blob (bertlet-quantize; docs/INT8.md) ---------------------------------------------------------------
+Q_HASH=$(cat "$BLOB.stamp" "$ROOT"/tools/bertlet_tools/{quantize_blob,quantize,int8_sim,blob}.py | sha256sum | cut -c1-16)
+QBLOB="$MODELS/all-MiniLM-L6-v2.int8.bertlet"
+if [ ! -f "$QBLOB" ] || [ "$(cat "$QBLOB.stamp" 2>/dev/null)" != "$Q_HASH" ]; then
+  log "quantizing all-MiniLM-L6-v2 to int8"
+  HF_HUB_OFFLINE=1 "$VENV/bin/bertlet-quantize" "$BLOB" --checkpoint "$MODELS/src/all-MiniLM-L6-v2" -o "$QBLOB"
+  echo "$Q_HASH" > "$QBLOB.stamp"
+fi
+
 # 5. Hugging Face goldens for the parity checks (STS-B test, both columns) -------------------------------------
 GOLD="$MODELS/goldens/all-MiniLM-L6-v2.stsb-test.npz"
 if [ ! -f "$GOLD" ] || [ "$(cat "$GOLD.stamp" 2>/dev/null)" != "$GOLD_HASH" ]; then

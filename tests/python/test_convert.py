@@ -138,15 +138,56 @@ def test_tensor_table(converted: blob.Blob) -> None:
         assert shapes[f"encoder.layer.{i}.intermediate.dense.weight"] == (I, H)
         assert shapes[f"encoder.layer.{i}.output.dense.weight"] == (H, I)
         assert shapes[f"encoder.layer.{i}.output.LayerNorm.bias"] == (H,)
+    packed = {t.name for t in converted.tensors if t.layout == conv.LAYOUT_PACKED_N16}
+    # the default layout pre-packs exactly the six linear weights of every layer (FORMAT.md, PACKED_N16)
+    assert packed == {f"encoder.layer.{i}.{n}.weight" for i in range(L) for n in (
+        "attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+        "intermediate.dense", "output.dense")}
     for t in converted.tensors:
-        assert t.dtype == blob.DT_F32 and t.layout == 0 and t.quant == 0 and t.offset % 64 == 0
+        assert t.dtype == blob.DT_F32 and t.quant == 0 and t.offset % 64 == 0
+        assert t.layout == (conv.LAYOUT_PACKED_N16 if t.name in packed else 0)
+        if t.name in packed:
+            n, k = t.shape
+            assert t.nbytes == (n + 15) // 16 * 16 * k * 4
+
+
+def _logical(b: blob.Blob, t: blob.TensorInfo) -> np.ndarray:
+    """A tensor's logical values: row-major as stored, or PACKED_N16 unpacked back to [N, K]."""
+    if t.layout == conv.LAYOUT_PACKED_N16:
+        raw = np.frombuffer(b.raw, "<f4", t.nbytes // 4, b.data_offset + t.offset)
+        return conv.unpack_n16(raw, *t.shape)
+    assert t.layout == 0
+    return b.array(t.name)
 
 
 def test_tensor_bytes_equal_safetensors(converted: blob.Blob, st_weights: Dict[str, np.ndarray]) -> None:
     src = {conv.canonical_name(k): v for k, v in st_weights.items()}
     for t in converted.tensors:
-        a = converted.array(t.name)
+        a = _logical(converted, t)
         assert a.tobytes() == np.ascontiguousarray(src[t.name], dtype="<f4").tobytes(), t.name
+
+
+def test_packed_layout_spot_checks(st_weights: Dict[str, np.ndarray]) -> None:
+    rng = np.random.default_rng(0)
+    for n, k in [(1, 1), (5, 3), (16, 7), (17, 2), (40, 9)]:
+        w = rng.standard_normal((n, k)).astype(np.float32)
+        p = conv.pack_n16(w)
+        assert p.size == (n + 15) // 16 * 16 * k
+        for r in range(n):
+            for c in range(k):
+                assert p[((r // 16) * k + c) * 16 + r % 16] == w[r, c]
+        assert np.all(p.reshape(-1, k, 16)[-1][:, n % 16:] == 0) if n % 16 else True  # zero-padded tail panel
+        assert np.array_equal(conv.unpack_n16(p, n, k), w)
+
+
+def test_rowmajor_layout_option(model_dir: Path, tmp_path: Path, converted: blob.Blob) -> None:
+    out = tmp_path / "rm.bertlet"
+    conv.convert(model_dir, out, verify_vectors=False, progress=False, layout="rowmajor")
+    b = blob.decode(out.read_bytes())
+    assert all(t.layout == 0 for t in b.tensors)
+    for t in b.tensors:
+        ref = next(x for x in converted.tensors if x.name == t.name)
+        assert b.array(t.name).tobytes() == _logical(converted, ref).tobytes(), t.name
 
 
 def test_reference_vectors_equal_sentence_transformers(converted: blob.Blob, st_model) -> None:
@@ -185,8 +226,9 @@ def test_inspect(converted: blob.Blob, tmp_path: Path, capsys) -> None:
 
 def _same_tensors(a: blob.Blob, b: blob.Blob) -> None:
     assert [t.name for t in a.tensors] == [t.name for t in b.tensors]
-    for t in a.tensors:
-        assert a.array(t.name).tobytes() == b.array(t.name).tobytes(), t.name
+    for ta, tb in zip(a.tensors, b.tensors):
+        assert ta.layout == tb.layout, ta.name
+        assert _logical(a, ta).tobytes() == _logical(b, tb).tobytes(), ta.name
 
 
 def test_prefixed_gamma_beta_names_and_mlm_head(model_dir: Path, tmp_path: Path, converted: blob.Blob,

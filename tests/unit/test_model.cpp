@@ -80,6 +80,7 @@ struct blob_hooks {
     std::string drop_tensor;
     std::string reshape_tensor;
     std::size_t vocab_size_override = 0;
+    bool pack_linear = false;  // write the encoder's 2-D linear weights as layout 1 (PACKED_N16), like the converter
 };
 
 std::vector<std::byte> tiny_blob(const tiny_model& m, const blob_hooks& hk = {}) {
@@ -119,6 +120,13 @@ std::vector<std::byte> tiny_blob(const tiny_model& m, const blob_hooks& hk = {})
         if (name == hk.reshape_tensor) {  // same bytes, transposed-looking shape
             std::swap(dims.front(), dims.back());
             if (dims.size() == 1) { dims = {1, dims[0]}; }
+        }
+        if (hk.pack_linear && dims.size() == 2 && name.rfind("encoder.layer.", 0) == 0) {
+            std::vector<float> packed(bertlet::detail::packed_n16_size(dims[0], dims[1]));
+            bertlet::detail::pack_n16(data.data(), std::ptrdiff_t(dims[0]), std::ptrdiff_t(dims[1]),
+                                      std::ptrdiff_t(dims[1]), packed.data());
+            w.add_tensor(name, bertlet::blob::dtype::f32, 1, 0, dims, packed.data(), packed.size() * sizeof(float));
+            continue;
         }
         w.add_tensor(name, bertlet::blob::dtype::f32, 0, 0, dims, data.data(), nbytes);
     }
@@ -225,16 +233,105 @@ TEST_CASE("encoder matches a naive double-precision reference for several shapes
         s.pooling = c.pooling;
         s.normalize = c.normalize;
         const auto m = make_tiny(s);
-        const auto e = bertlet::embedder::from_bytes(tiny_blob(m));
-        bertlet::embed_workspace ws;
-        for (const char* text : {"the cat sat on the mat.", "dogs running!", "", "big, small, big"}) {
-            CAPTURE(text);
-            const auto enc = e.tokenizer().encode(text);
-            std::vector<float> got(e.dim());
-            e.embed(text, got.data(), ws);
-            CHECK(max_abs_diff(got.data(), reference_embed(m, enc.ids)) < 2e-5);
+        for (const auto arch : bertlet::detail::available_isas()) {  // every kernel path this CPU has
+            CAPTURE(bertlet::isa_name(arch));
+            bertlet::load_options lo;
+            lo.arch = arch;
+            const auto e = bertlet::embedder::from_bytes(tiny_blob(m), lo);
+            REQUIRE(e.arch() == arch);
+            bertlet::embed_workspace ws;
+            for (const char* text : {"the cat sat on the mat.", "dogs running!", "", "big, small, big"}) {
+                CAPTURE(text);
+                const auto enc = e.tokenizer().encode(text);
+                std::vector<float> got(e.dim());
+                e.embed(text, got.data(), ws);
+                CHECK(max_abs_diff(got.data(), reference_embed(m, enc.ids)) < 2e-5);
+            }
         }
     }
+}
+
+TEST_CASE("pre-packed (layout 1) linear weights are used in place and give the same results") {
+    tiny_spec s;
+    s.H = 24;
+    s.heads = 3;
+    s.I = 40;  // not multiples of 16: zero-padded tail panels
+    const auto m = make_tiny(s);
+    blob_hooks packed;
+    packed.pack_linear = true;
+    for (const auto arch : bertlet::detail::available_isas()) {
+        CAPTURE(bertlet::isa_name(arch));
+        bertlet::load_options lo;
+        lo.arch = arch;
+        const auto rm = bertlet::embedder::from_bytes(tiny_blob(m), lo);
+        const auto pk = bertlet::embedder::from_bytes(tiny_blob(m, packed), lo);
+        CHECK(!rm.model_encoder().prepacked());
+        CHECK(pk.model_encoder().prepacked());
+        for (const char* text : {"the cat sat on the mat.", "dogs running!"}) {
+            const auto a = rm.embed(text), b = pk.embed(text);
+            CHECK(a == b);
+            CHECK(max_abs_diff(b.data(), reference_embed(m, pk.tokenizer().encode(text).ids)) < 2e-5);
+        }
+    }
+}
+
+TEST_CASE("intra-op threads and kernel paths do not change results") {
+    tiny_spec s;
+    s.H = 48;
+    s.heads = 3;
+    s.I = 80;
+    s.L = 2;
+    s.P = 64;
+    const auto m = make_tiny(s);
+    const std::vector<std::string> texts = {"the cat sat on the mat.", "dogs running!", "", "big, small, big",
+                                            "the the the the the the the the the the the the the the the the the"};
+    for (const auto arch : bertlet::detail::available_isas()) {
+        CAPTURE(bertlet::isa_name(arch));
+        bertlet::load_options one;
+        one.arch = arch;
+        const auto e1 = bertlet::embedder::from_bytes(tiny_blob(m), one);
+        const auto want = e1.embed_batch(texts);
+        for (std::size_t threads : {2u, 3u}) {
+            bertlet::load_options lo = one;
+            lo.threads = threads;
+            const auto e = bertlet::embedder::from_bytes(tiny_blob(m), lo);
+            CHECK(e.threads() == threads);
+            const auto got = e.embed_batch(texts);
+            for (std::size_t i = 0; i < texts.size(); ++i)
+                for (std::size_t k = 0; k < e.dim(); ++k) CHECK(std::fabs(got[i][k] - want[i][k]) <= 1e-6f);
+        }
+    }
+    {  // several caller threads sharing one embedder and its pool: calls are serialized on the pool, never mixed
+        bertlet::load_options lo;
+        lo.threads = 2;
+        const auto e = bertlet::embedder::from_bytes(tiny_blob(m), lo);
+        const auto want = e.embed_batch(texts);
+        std::vector<int> bad(3, 0);
+        std::vector<std::thread> callers;
+        for (int t = 0; t < 3; ++t)
+            callers.emplace_back([&, t] {
+                bertlet::embed_workspace ws;
+                std::vector<float> out(e.dim());
+                for (int rep = 0; rep < 30; ++rep) {
+                    const std::size_t i = std::size_t(t + rep) % texts.size();
+                    e.embed(texts[i], out.data(), ws);
+                    for (std::size_t k = 0; k < e.dim(); ++k)
+                        if (std::fabs(out[k] - want[i][k]) > 1e-6f) { ++bad[t]; break; }
+                }
+            });
+        for (auto& c : callers) c.join();
+        for (int b : bad) CHECK(b == 0);
+    }
+    bertlet::load_options bad;
+    bad.threads = 0;
+    CHECK_THROWS_AS(bertlet::embedder::from_bytes(tiny_blob(m), bad), bertlet::input_error);
+    bertlet::load_options wrong_isa;
+#if defined(__x86_64__)
+    wrong_isa.arch = bertlet::isa::neon;
+#else
+    wrong_isa.arch = bertlet::isa::avx512;
+#endif
+    CHECK_THROWS_AS(bertlet::embedder::from_bytes(tiny_blob(m), wrong_isa), bertlet::input_error);
 }
 
 TEST_CASE("batch embedding equals one-by-one embedding (packed sequences, no padding)") {
@@ -390,34 +487,40 @@ std::vector<golden> read_goldens() {
 }  // namespace
 
 TEST_CASE("all-MiniLM-L6-v2: loads, verifies and matches the committed Hugging Face goldens") {
-    bertlet::load_options lo;
-    lo.verify = true;
-    const auto e = bertlet::embedder::load(kModel, lo);
-    CHECK(e.dim() == 384);
-    CHECK(e.config().num_layers == 6);
-    CHECK(e.pooling().mode == bertlet::pooling_mode::mean);
-    CHECK(e.pooling().normalize);
-    const auto rep = e.verify();
-    CHECK(rep.texts >= 3);
-    CHECK(rep.max_abs_diff <= 1e-4);
+    for (const auto arch : bertlet::detail::available_isas()) {  // fp32 parity on every kernel path this CPU has
+        CAPTURE(bertlet::isa_name(arch));
+        bertlet::load_options lo;
+        lo.verify = true;
+        lo.arch = arch;
+        const auto e = bertlet::embedder::load(kModel, lo);
+        CHECK(e.arch() == arch);
+        CHECK(e.model_encoder().prepacked());  // the converter's default layout: linear weights used from the mmap
+        CHECK(e.dim() == 384);
+        CHECK(e.config().num_layers == 6);
+        CHECK(e.pooling().mode == bertlet::pooling_mode::mean);
+        CHECK(e.pooling().normalize);
+        const auto rep = e.verify();
+        CHECK(rep.texts >= 3);
+        CHECK(rep.max_abs_diff <= 1e-4);
 
-    const auto gold = read_goldens();
-    REQUIRE(gold.size() >= 16);
-    std::vector<std::string> texts;
-    for (const auto& g : gold) texts.push_back(g.text);
-    const auto got = e.embed_batch(texts);
-    for (std::size_t i = 0; i < gold.size(); ++i) {
-        CAPTURE(gold[i].text);
-        REQUIRE(gold[i].embedding.size() == 384);
-        double dot = 0, na = 0, nb = 0, mad = 0;
-        for (std::size_t k = 0; k < 384; ++k) {
-            dot += double(got[i][k]) * gold[i].embedding[k];
-            na += double(got[i][k]) * got[i][k];
-            nb += double(gold[i].embedding[k]) * gold[i].embedding[k];
-            mad = std::max(mad, std::fabs(double(got[i][k]) - gold[i].embedding[k]));
+        const auto gold = read_goldens();
+        REQUIRE(gold.size() >= 16);
+        std::vector<std::string> texts;
+        for (const auto& g : gold) texts.push_back(g.text);
+        const auto got = e.embed_batch(texts);
+        for (std::size_t i = 0; i < gold.size(); ++i) {
+            CAPTURE(gold[i].text);
+            REQUIRE(gold[i].embedding.size() == 384);
+            double dot = 0, na = 0, nb = 0, mad = 0;
+            for (std::size_t k = 0; k < 384; ++k) {
+                dot += double(got[i][k]) * gold[i].embedding[k];
+                na += double(got[i][k]) * got[i][k];
+                nb += double(gold[i].embedding[k]) * gold[i].embedding[k];
+                mad = std::max(mad, std::fabs(double(got[i][k]) - gold[i].embedding[k]));
+            }
+            CHECK(dot / std::sqrt(na * nb) >= 0.99999);
+            CHECK(mad <= 1e-4);
         }
-        CHECK(dot / std::sqrt(na * nb) >= 0.99999);
-        CHECK(mad <= 1e-4);
     }
 }
 

@@ -109,7 +109,7 @@ def encode(meta: Dict[str, Any], tensors: Sequence[Tensor], alignment: int = DEF
     table = bytearray()
     off = 0
     for t, raw in zip(tensors, raws):
-        dims = list(t.data.shape)
+        dims = list(getattr(t, "dims", None) or t.data.shape)
         if not 1 <= len(dims) <= 4 or any(d < 1 for d in dims):
             raise BlobFormatError(f"tensor '{t.name}': bad shape {tuple(dims)}")
         off = _align_up(off, alignment)

@@ -1,6 +1,7 @@
 """bertlet-convert: a Hugging Face / sentence-transformers BERT checkpoint -> one `.bertlet` blob (docs/FORMAT.md).
 
     bertlet-convert CHECKPOINT_DIR -o OUT.bertlet [--name NAME] [--no-verify-vectors] [--dtype f32]
+                    [--layout packed|rowmajor]
 
 What is read, and from where:
 
@@ -25,6 +26,11 @@ What is read, and from where:
   A plain Hugging Face BERT directory (no modules.json) gets pooling ``cls``, no normalization, and max length
   min(model_max_length if sane, max_position_embeddings); its reference vectors come from transformers' BertModel
   with the same pooling.
+
+Layout: by default the six linear weights of every encoder layer (query, key, value, attention output,
+intermediate, output) are written pre-packed for the GEMM kernels (layout 1, PACKED_N16: dims stay ``[N, K]``, bytes
+are ceil(N/16) panels of K x 16 floats, zero-padded), so loading stays an mmap; ``--layout rowmajor`` writes every
+tensor row-major (layout 0; the C++ loader then packs those weights at load).
 
 Reference vectors (``verify.*``) are the real sentence-transformers (or transformers) outputs for a few fixed texts,
 each encoded on its own (batch of one, so no padding is involved). The blob is written atomically.
@@ -62,6 +68,37 @@ LAMBDA_ZIPPED_DIRECT = 50_000_000
 LAMBDA_UNZIPPED = 250_000_000
 
 _STRIP_PREFIXES = ("0.auto_model.", "auto_model.", "bert.", "model.", "module.")
+LAYOUT_PACKED_N16 = 1
+PANEL = 16
+# the encoder's nn.Linear weights: the tensors written as PACKED_N16 by --layout packed
+_PACKED_LINEAR = re.compile(r"^encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|"
+                            r"intermediate\.dense|output\.dense)\.weight$")
+
+
+def pack_n16(w: np.ndarray) -> np.ndarray:
+    """W[N, K] -> flat PACKED_N16 floats: element (panel p, k, lane j) = W[16p + j, k], zero rows past N."""
+    n, k = w.shape
+    npad = (n + PANEL - 1) // PANEL * PANEL
+    wp = np.zeros((npad, k), dtype=np.float32)
+    wp[:n] = w
+    return np.ascontiguousarray(wp.reshape(npad // PANEL, PANEL, k).transpose(0, 2, 1)).reshape(-1)
+
+
+def unpack_n16(flat: np.ndarray, n: int, k: int) -> np.ndarray:
+    """Inverse of pack_n16: flat packed floats (ceil(N/16)*16*K of them) -> W[N, K]."""
+    npad = (n + PANEL - 1) // PANEL * PANEL
+    return np.ascontiguousarray(flat.reshape(npad // PANEL, k, PANEL).transpose(0, 2, 1).reshape(npad, k)[:n])
+
+
+@dataclass
+class PackedTensor(blob.Tensor):
+    """A 2-D f32 tensor written as PACKED_N16: `data` keeps the logical [N, K] array (so dims stay [N, K])."""
+    layout: int = LAYOUT_PACKED_N16
+
+    def raw(self) -> bytes:
+        return pack_n16(np.asarray(self.data, dtype=np.float32)).astype("<f4").tobytes()
+
+
 _IGNORABLE = (re.compile(r"^embeddings\.position_ids$"), re.compile(r"^pooler\..*"), re.compile(r"^cls\..*"))
 _ST_TRANSFORMER = "sentence_transformers.models.Transformer"
 _ST_POOLING = "sentence_transformers.models.Pooling"
@@ -650,11 +687,13 @@ def lambda_summary(blob_bytes: int, zipped_bytes: int) -> List[str]:
 
 
 def convert(ckpt_dir: Path, out: Path, name: Optional[str] = None, verify_vectors: bool = True,
-            dtype: str = "f32", progress: bool = True) -> Result:
+            dtype: str = "f32", progress: bool = True, layout: str = "packed") -> Result:
     ckpt_dir = Path(ckpt_dir)
     out = Path(out)
     if dtype != "f32":
         raise ConversionError(f"--dtype {dtype!r}: only f32 is supported by this converter version")
+    if layout not in ("packed", "rowmajor"):
+        raise ConversionError(f"--layout {layout!r}: expected packed or rowmajor")
     if not ckpt_dir.is_dir():
         raise ConversionError(f"{ckpt_dir}: not a directory")
     pipe = read_pipeline(ckpt_dir)
@@ -682,6 +721,8 @@ def convert(ckpt_dir: Path, out: Path, name: Optional[str] = None, verify_vector
     raw = load_weights(wfile)
     tensors, ignored = map_tensors(raw, cfg, wfile, tdir / "config.json")
     del raw
+    if layout == "packed":
+        tensors = [PackedTensor(t.name, t.data) if _PACKED_LINEAR.match(t.name) else t for t in tensors]
     if pipe.pooling_dim is not None and pipe.pooling_dim != cfg.hidden_size:
         raise ConversionError(f"{pipe.pooling_config}: word_embedding_dimension {pipe.pooling_dim} "
                               f"!= hidden_size {cfg.hidden_size} in {tdir / 'config.json'}")
@@ -749,6 +790,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["f32"], default="f32",
                    help="tensor dtype; only f32 for now (the format also describes f16/bf16/int8, "
                         "which this converter does not write yet)")
+    p.add_argument("--layout", choices=["packed", "rowmajor"], default="packed",
+                   help="packed (default): encoder linear weights pre-packed for the GEMM kernels (layout 1, "
+                        "PACKED_N16); rowmajor: every tensor row-major (layout 0; packed at load instead)")
     return p
 
 
@@ -756,7 +800,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
         r = convert(args.checkpoint, args.output, name=args.name, verify_vectors=not args.no_verify_vectors,
-                    dtype=args.dtype)
+                    dtype=args.dtype, layout=args.layout)
     except ConversionError as e:
         print(f"bertlet-convert: error: {e}", file=sys.stderr)
         return 1

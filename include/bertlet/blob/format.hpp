@@ -57,12 +57,13 @@ inline constexpr std::uint64_t min_table_entry_size = 4 + 1 + 16 + 8 + 16;     /
 
 // ---- enums --------------------------------------------------------------------------------------------------
 enum class dtype : std::uint32_t { f32 = 0, f16 = 1, bf16 = 2, i8 = 3, i32 = 4 };
-enum class layout : std::uint32_t { row_major = 0 };
+// packed_n16: a 2-D f32 weight [N, K] stored as ceil(N/16) panels of K x 16 floats (kernels/packed.hpp, FORMAT.md).
+enum class layout : std::uint32_t { row_major = 0, packed_n16 = 1 };
 enum class quant : std::uint32_t { none = 0, per_row_symmetric = 1 };
 enum class value_type : std::uint32_t { u64 = 1, i64, f64, boolean, str, arr_str, arr_i64, arr_f32 };
 
 inline constexpr bool dtype_known(std::uint32_t v) noexcept { return v <= 4; }
-inline constexpr bool layout_known(std::uint32_t v) noexcept { return v == 0; }
+inline constexpr bool layout_known(std::uint32_t v) noexcept { return v <= 1; }
 inline constexpr bool quant_known(std::uint32_t v) noexcept { return v <= 1; }
 inline constexpr bool value_type_known(std::uint32_t v) noexcept { return v >= 1 && v <= 8; }
 
@@ -131,6 +132,12 @@ inline bool checked_mul(std::uint64_t a, std::uint64_t b, std::uint64_t& out) no
     out = a * b;
     return true;
 #endif
+}
+
+/// nbytes a PACKED_N16 tensor must have: ceil(dims[0] / 16) * 16 * dims[1] * 4 (false on overflow).
+inline bool packed_n16_nbytes(std::uint64_t n, std::uint64_t k, std::uint64_t& out) noexcept {
+    std::uint64_t rows = 0;
+    return checked_add(n, 15, rows) && checked_mul(rows / 16 * 16, k, out) && checked_mul(out, 4, out);
 }
 
 inline bool checked_align_up(std::uint64_t x, std::uint64_t a, std::uint64_t& out) noexcept {

@@ -606,8 +606,9 @@ inline void reader::parse_table() {
             fail(errc::bad_tensor, tq + " dtype at offset " + n2s(dtype_pos) + ": expected 0..4 (f32, f16, bf16, i8, i32), got " + n2s(dt));
         t.type = static_cast<dtype>(dt);
         if (!layout_known(t.layout))
-            fail(errc::bad_tensor, tq + " layout at offset " + n2s(dtype_pos + 4) + ": expected 0 (row-major), got " +
-                                       n2s(t.layout) + " (unknown layout)");
+            fail(errc::bad_tensor, tq + " layout at offset " + n2s(dtype_pos + 4) +
+                                       ": expected 0 (row-major) or 1 (packed_n16), got " + n2s(t.layout) +
+                                       " (unknown layout)");
         if (!quant_known(t.quant))
             fail(errc::bad_tensor, tq + " quant at offset " + n2s(dtype_pos + 8) + ": expected 0 or 1, got " + n2s(t.quant));
         if (t.quant == static_cast<std::uint32_t>(quant::per_row_symmetric) && t.type != dtype::i8)
@@ -628,9 +629,22 @@ inline void reader::parse_table() {
         if (overflow || !detail::checked_mul(numel, dtype_size(t.type), want_nbytes))
             fail(errc::bad_tensor, tq + " at offset " + n2s(entry_pos) + ": shape " + t.shape_str() + " of " +
                                        dtype_name(t.type) + " overflows 64 bits");
+        if (t.layout == static_cast<std::uint32_t>(bertlet::blob::layout::packed_n16)) {
+            if (t.type != dtype::f32 || t.ndim != 2)
+                fail(errc::bad_tensor, tq + " layout at offset " + n2s(dtype_pos + 4) +
+                                           ": layout 1 (packed_n16) needs a 2-D f32 tensor, got " + t.shape_str() +
+                                           " of " + dtype_name(t.type));
+            if (!detail::packed_n16_nbytes(t.dims[0], t.dims[1], want_nbytes))
+                fail(errc::bad_tensor, tq + " at offset " + n2s(entry_pos) + ": packed shape " + t.shape_str() +
+                                           " overflows 64 bits");
+        }
         const std::uint64_t offset_pos = c.pos;
         t.offset = c.read<std::uint64_t>(tq + " offset");
         t.nbytes = c.read<std::uint64_t>(tq + " nbytes");
+        if (t.nbytes != want_nbytes && t.layout == static_cast<std::uint32_t>(bertlet::blob::layout::packed_n16))
+            fail(errc::bad_tensor, tq + " layout 1 (packed_n16): nbytes at offset " + n2s(offset_pos + 8) +
+                                       ": expected " + n2s(want_nbytes) + " (ceil(" + n2s(t.dims[0]) + "/16)*16 x " +
+                                       n2s(t.dims[1]) + " f32), got " + n2s(t.nbytes));
         if (t.nbytes != want_nbytes)
             fail(errc::bad_tensor, tq + " nbytes at offset " + n2s(offset_pos + 8) + ": expected " + n2s(want_nbytes) +
                                        " (shape " + t.shape_str() + " of " + dtype_name(t.type) + "), got " +

@@ -138,6 +138,8 @@ public:
             bool ok = !dims.empty() && dims.size() <= max_ndim;
             std::uint64_t n = dtype_size(type);
             for (std::uint64_t d : dims) ok = ok && d >= 1 && detail::checked_mul(n, d, n);
+            if (ok && layout == static_cast<std::uint32_t>(bertlet::blob::layout::packed_n16))
+                ok = type == dtype::f32 && dims.size() == 2 && detail::packed_n16_nbytes(dims[0], dims[1], n);
             if (!ok) throw blob_error(errc::bad_tensor, "tensor '" + name + "': bad shape");
             if (n != nbytes)
                 throw blob_error(errc::bad_tensor, "tensor '" + name + "': nbytes " + std::to_string(nbytes) +

@@ -1,8 +1,9 @@
 // bertlet — reference fp32 kernels used by the encoder.
 //
 // These are the portable, correct-first kernels: GEMM through Eigen (no ISA flags are exported, so a consumer's
-// build decides the baseline), LayerNorm / GELU / softmax as plain loops the compiler vectorizes. The packed,
-// run-time-dispatched SIMD kernels (issue #3) replace them behind the same signatures.
+// build decides the baseline), LayerNorm / GELU / softmax as plain loops the compiler vectorizes. The encoder now
+// runs the packed, run-time-dispatched kernels (kernels/dispatch.hpp); these stay as an independent cross-check
+// for the tests.
 #pragma once
 
 #include <algorithm>

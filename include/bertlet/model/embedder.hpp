@@ -14,6 +14,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -30,6 +31,14 @@ namespace bertlet {
 struct load_options {
     bool check_checksum = true;  ///< XXH64 over the whole file (about 10 ms per 100 MB)
     bool verify = false;         ///< re-run the reference vectors stored in the blob; throws model_error 207 on mismatch
+    /// Kernel path (scalar, avx2, avx512, neon). Unset: active_isa() (the best the CPU has, or BERTLET_FORCE_ARCH).
+    /// A path this CPU (or build) cannot run is an input_error.
+    std::optional<isa> arch;
+    /// Intra-op threads per forward pass (1..1024). 1 runs everything on the calling thread; n > 1 starts n - 1
+    /// workers at load (they sleep between jobs) that split GEMMs, attention heads and LayerNorm rows. Results do
+    /// not depend on this number. Concurrent calls on one embedder share its workers one call at a time, so for
+    /// many concurrent requests prefer threads = 1 and one calling thread per core.
+    std::size_t threads = 1;
 };
 
 /// Per-thread scratch for embedding; reuse it across calls.
@@ -68,6 +77,12 @@ public:
     const pooling_config& pooling() const noexcept { return s_->pool; }
     const wordpiece_tokenizer& tokenizer() const noexcept { return s_->tok; }
     const blob::reader& blob() const noexcept { return s_->reader; }
+    /// The kernel path this model runs on.
+    isa arch() const noexcept { return s_->enc.arch(); }
+    /// Intra-op threads per call (load_options::threads).
+    std::size_t threads() const noexcept { return s_->enc.threads(); }
+    /// The underlying encoder.
+    const encoder& model_encoder() const noexcept { return s_->enc; }
 
     /// Embeds one text into out[dim()].
     void embed(std::string_view text, float* out, embed_workspace& ws) const {
@@ -180,8 +195,9 @@ private:
         pooling_config pool;
         wordpiece_tokenizer tok;
         encoder enc;
-        state(blob::reader&& r, const bert_config& c, pooling_config p, wordpiece_tokenizer&& t)
-            : reader(std::move(r)), cfg(c), pool(p), tok(std::move(t)), enc(reader, cfg) {}
+        state(blob::reader&& r, const bert_config& c, pooling_config p, wordpiece_tokenizer&& t, isa arch,
+              std::size_t threads)
+            : reader(std::move(r)), cfg(c), pool(p), tok(std::move(t)), enc(reader, cfg, arch, threads) {}
     };
 
     static wordpiece_tokenizer make_tokenizer(const blob::reader& r, const bert_config& c) {
@@ -199,7 +215,8 @@ private:
         const pooling_config p = detail::read_pooling_config(r);
         wordpiece_tokenizer tok = make_tokenizer(r, c);
         embedder e;
-        e.s_ = std::make_shared<const state>(std::move(r), c, p, std::move(tok));
+        const isa arch = opt.arch ? *opt.arch : detail::default_isa();
+        e.s_ = std::make_shared<const state>(std::move(r), c, p, std::move(tok), arch, opt.threads);
         if (opt.verify) e.verify();
         return e;
     }

@@ -1,6 +1,9 @@
 // bertlet — the BERT encoder: embeddings + N post-LN transformer blocks.
 //
-// Weights are views into the (immutable, mmapped) blob; nothing is copied at load. A forward pass runs over a
+// Weights are views into the (immutable, mmapped) blob. The linear weights are read in the PACKED_N16 layout the
+// GEMM kernels want (kernels/packed.hpp): used in place when the converter pre-packed them (layout 1, the default),
+// packed once at load otherwise (row-major blobs). Every kernel call goes through the table of one ISA path
+// (kernels/dispatch.hpp), picked at load; an optional intra-op pool splits the GEMMs, attention and LayerNorm. A forward pass runs over a
 // *packed* batch: the tokens of every sequence are stored back to back ([total_tokens, H]), so token-wise work
 // (GEMMs, LayerNorm, GELU) runs once over all real tokens and attention runs per sequence at its exact length.
 // No work is ever done on padding, and nothing is padded to the model maximum.
@@ -9,15 +12,18 @@
 // compile-time constants (MiniLM 384/12/1536, bert-base 768/12/3072); dynamic_shape serves any other config.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "bertlet/blob/reader.hpp"
 #include "bertlet/error.hpp"
 #include "bertlet/kernels/basic.hpp"
+#include "bertlet/kernels/dispatch.hpp"
 #include "bertlet/model/config.hpp"
 
 namespace bertlet {
@@ -26,7 +32,8 @@ namespace bertlet {
 class workspace {
 public:
     workspace() = default;
-    void reserve(std::size_t tokens, std::size_t max_len, const bert_config& c) {
+    /// threads: the encoder's intra-op thread count (each thread gets its own GEMM / attention scratch).
+    void reserve(std::size_t tokens, std::size_t max_len, const bert_config& c, std::size_t threads = 1) {
         grow(x_, tokens * c.hidden_size);
         grow(q_, tokens * c.hidden_size);
         grow(k_, tokens * c.hidden_size);
@@ -34,16 +41,29 @@ public:
         grow(ctx_, tokens * c.hidden_size);
         grow(tmp_, tokens * c.hidden_size);
         grow(inter_, tokens * c.intermediate_size);
-        grow(scores_, max_len * max_len);
+        const std::size_t stride = thread_scratch_floats(max_len, c);
+        if (stride > stride_ || threads > threads_) {
+            stride_ = std::max(stride, stride_);
+            threads_ = std::max(threads, threads_);
+            scratch_.assign(stride_ * threads_, 0.0f);
+        }
     }
 
 private:
     template <class> friend struct encoder_block;
     friend class encoder;
+    static constexpr std::size_t attn_rows = 128;  // query rows per attention tile
+    /// Per-thread floats: GEMM A-block + attention's packed K_h, packed V_h and a score tile.
+    static std::size_t thread_scratch_floats(std::size_t max_len, const bert_config& c) {
+        const std::size_t D = c.head_dim(), L = std::max<std::size_t>(max_len, 1);
+        return detail::gemm_scratch_floats() + detail::packed_n16_size(L, D) + detail::packed_n16_size(D, L) +
+               attn_rows * L + 16;
+    }
     static void grow(std::vector<float>& v, std::size_t n) {
         if (v.size() < n) v.resize(n);
     }
-    std::vector<float> x_, q_, k_, v_, ctx_, tmp_, inter_, scores_;
+    std::vector<float> x_, q_, k_, v_, ctx_, tmp_, inter_, scratch_;
+    std::size_t stride_ = 0, threads_ = 0;
 };
 
 /// Where each sequence of a packed batch lives: rows [offset, offset + length) of the hidden-state matrix.
@@ -52,6 +72,8 @@ struct sequence_span {
     std::size_t length = 0;
 };
 
+/// One layer's weights. The six linear weights are PACKED_N16 panels (kernels/packed.hpp), either straight from
+/// the mmapped blob (layout 1) or packed at load (row-major blobs).
 struct layer_weights {
     const float *wq, *bq, *wk, *bk, *wv, *bv;
     const float *wo, *bo, *ln1_g, *ln1_b;
@@ -73,12 +95,23 @@ struct fixed_shape {
     static constexpr std::size_t intermediate() noexcept { return I; }
 };
 
+namespace detail {
+/// What a forward pass runs on: the kernel table of one ISA path and an optional intra-op pool.
+struct exec_context {
+    const kernel_table* k = nullptr;
+    thread_pool* pool = nullptr;  // null: run on the calling thread
+};
+}  // namespace detail
+
 /// One post-LN transformer block (BertLayer): self-attention, add & norm, FFN (GELU), add & norm.
+/// Every linear runs through the packed GEMM with its bias / residual / GELU fused in the epilogue.
 template <class Shape>
 struct encoder_block {
     static void forward(const Shape& s, const layer_weights& w, float eps, detail::gelu_kind act,
-                        const sequence_span* seqs, std::size_t nseq, std::size_t tokens, workspace& ws) {
+                        const sequence_span* seqs, std::size_t nseq, std::size_t tokens, workspace& ws,
+                        const detail::exec_context& ex) {
         using std::ptrdiff_t;
+        const detail::kernel_table& K = *ex.k;
         const ptrdiff_t H = static_cast<ptrdiff_t>(s.hidden());
         const ptrdiff_t NH = static_cast<ptrdiff_t>(s.num_heads());
         const ptrdiff_t D = H / NH;
@@ -91,41 +124,114 @@ struct encoder_block {
         float* ctx = ws.ctx_.data();
         float* tmp = ws.tmp_.data();
         float* inter = ws.inter_.data();
-        float* sc = ws.scores_.data();
+        float* scratch = ws.scratch_.data();
+        const std::size_t stride = ws.stride_;
 
-        detail::linear(x, T, H, H, w.wq, w.bq, H, q, H);
-        detail::linear(x, T, H, H, w.wk, w.bk, H, k, H);
-        detail::linear(x, T, H, H, w.wv, w.bv, H, v, H);
+        auto linear = [&](const float* a, ptrdiff_t in, const float* wp, const float* b, ptrdiff_t out, float* y,
+                          const float* residual, detail::activation fn) {
+            detail::gemm_args g;
+            g.a = a;
+            g.lda = in;
+            g.b = wp;
+            g.c = y;
+            g.ldc = out;
+            g.m = T;
+            g.n = out;
+            g.k = in;
+            g.ep.bias = b;
+            g.ep.residual = residual;
+            g.ep.ldr = out;
+            g.ep.act = fn;
+            detail::gemm_parallel(K, ex.pool, g, scratch, stride);
+        };
+        const auto none = detail::activation::none;
+        linear(x, H, w.wq, w.bq, H, q, nullptr, none);
+        linear(x, H, w.wk, w.bk, H, k, nullptr, none);
+        linear(x, H, w.wv, w.bv, H, v, nullptr, none);
 
+        // Attention, one task per (sequence, head): pack K_h and V_h into panels, then per tile of query rows
+        // S = scale * Q_h K_h^T, row softmax, ctx_h = S V_h. Only a (tile rows x L) score block exists at a time.
         const float scale = 1.0f / std::sqrt(static_cast<float>(D));
-        for (std::size_t si = 0; si < nseq; ++si) {
+        const ptrdiff_t QT = static_cast<ptrdiff_t>(workspace::attn_rows);
+        auto attend = [&](std::size_t task, std::size_t slot) {
+            const std::size_t si = task / static_cast<std::size_t>(NH);
+            const ptrdiff_t h = static_cast<ptrdiff_t>(task % static_cast<std::size_t>(NH));
             const ptrdiff_t off = static_cast<ptrdiff_t>(seqs[si].offset);
             const ptrdiff_t L = static_cast<ptrdiff_t>(seqs[si].length);
-            for (ptrdiff_t h = 0; h < NH; ++h) {
-                detail::cmap qh(q + off * H + h * D, L, D, Eigen::OuterStride<>(H));
-                detail::cmap kh(k + off * H + h * D, L, D, Eigen::OuterStride<>(H));
-                detail::cmap vh(v + off * H + h * D, L, D, Eigen::OuterStride<>(H));
-                detail::map s_(sc, L, L, Eigen::OuterStride<>(L));
-                s_.noalias() = (qh * kh.transpose()) * scale;
-                for (ptrdiff_t r = 0; r < L; ++r) detail::softmax_row(sc + r * L, L);
-                detail::map ch(ctx + off * H + h * D, L, D, Eigen::OuterStride<>(H));
-                ch.noalias() = s_ * vh;
+            if (L == 0) return;
+            float* gs = scratch + slot * stride;
+            float* kp = gs + detail::gemm_scratch_floats();
+            float* vp = kp + detail::packed_n16_size(static_cast<std::size_t>(L), static_cast<std::size_t>(D));
+            float* sc = vp + detail::packed_n16_size(static_cast<std::size_t>(D), static_cast<std::size_t>(L));
+            detail::pack_n16(k + off * H + h * D, L, D, H, kp);   // K_h as a weight [L outputs, D inputs]
+            detail::pack_kn16(v + off * H + h * D, L, D, H, vp);  // V_h as B [L, D]
+            for (ptrdiff_t q0 = 0; q0 < L; q0 += QT) {
+                const ptrdiff_t qt = std::min(QT, L - q0);
+                detail::gemm_args g1;
+                g1.a = q + (off + q0) * H + h * D;
+                g1.lda = H;
+                g1.b = kp;
+                g1.c = sc;
+                g1.ldc = L;
+                g1.m = qt;
+                g1.n = L;
+                g1.k = D;
+                g1.ep.alpha = scale;
+                K.gemm(g1, 0, qt, 0, detail::panels_of(L), gs);
+                K.softmax(sc, qt, L, L);
+                detail::gemm_args g2;
+                g2.a = sc;
+                g2.lda = L;
+                g2.b = vp;
+                g2.c = ctx + (off + q0) * H + h * D;
+                g2.ldc = H;
+                g2.m = qt;
+                g2.n = D;
+                g2.k = L;
+                K.gemm(g2, 0, qt, 0, detail::panels_of(D), gs);
             }
+        };
+        const std::size_t ntasks = nseq * static_cast<std::size_t>(NH);
+        if (ex.pool) ex.pool->run(ntasks, attend);
+        else
+            for (std::size_t t = 0; t < ntasks; ++t) attend(t, 0);
+
+        const detail::activation fn =
+            act == detail::gelu_kind::erf ? detail::activation::gelu_erf : detail::activation::gelu_tanh;
+        linear(ctx, H, w.wo, w.bo, H, tmp, x, none);        // tmp = attn_out + x
+        layernorm(K, ex, tmp, T, H, w.ln1_g, w.ln1_b, eps);  // tmp = LN(tmp)
+        linear(tmp, H, w.wi, w.bi, I, inter, nullptr, fn);  // inter = GELU(tmp Wi + bi)
+        linear(inter, I, w.wo2, w.bo2, H, x, tmp, none);    // x = ffn_out + tmp
+        layernorm(K, ex, x, T, H, w.ln2_g, w.ln2_b, eps);    // x = LN(x)
+    }
+
+    /// Row-wise LayerNorm, split into row chunks over the pool.
+    static void layernorm(const detail::kernel_table& K, const detail::exec_context& ex, float* x, std::ptrdiff_t rows,
+                          std::ptrdiff_t n, const float* g, const float* b, float eps) {
+        constexpr std::ptrdiff_t chunk = 64;
+        const std::ptrdiff_t nchunks = (rows + chunk - 1) / chunk;
+        if (!ex.pool || nchunks <= 1) {
+            K.layernorm(x, nullptr, rows, n, g, b, eps);
+            return;
         }
-        detail::linear(ctx, T, H, H, w.wo, w.bo, H, tmp, H);
-        detail::add_layernorm(tmp, x, T, H, w.ln1_g, w.ln1_b, eps);  // tmp = LN(attn + x)
-        detail::linear(tmp, T, H, H, w.wi, w.bi, I, inter, I);
-        detail::gelu(inter, T * I, act);
-        detail::linear(inter, T, I, I, w.wo2, w.bo2, H, x, H);
-        detail::add_layernorm(x, tmp, T, H, w.ln2_g, w.ln2_b, eps);   // x = LN(ffn + tmp)
+        ex.pool->run(static_cast<std::size_t>(nchunks), [&](std::size_t t, std::size_t) {
+            const std::ptrdiff_t r0 = static_cast<std::ptrdiff_t>(t) * chunk;
+            K.layernorm(x + r0 * n, nullptr, std::min(chunk, rows - r0), n, g, b, eps);
+        });
     }
 };
 
 /// The encoder: immutable after construction, safe to share across threads (each thread brings a workspace).
+/// `arch` picks the kernel path (input_error if the CPU lacks it); `threads` is the intra-op thread count used by
+/// every forward pass (1: the calling thread only; n > 1: a pool of n - 1 sleeping workers plus the caller;
+/// concurrent forward passes on one encoder then share that pool one at a time).
 class encoder {
 public:
-    encoder(const blob::reader& r, const bert_config& c) : cfg_(c) {
-        const std::string src(r.source());
+    encoder(const blob::reader& r, const bert_config& c, isa arch = detail::default_isa(), std::size_t threads = 1)
+        : cfg_(c), kernels_(&detail::kernels_for(arch)) {
+        if (threads < 1 || threads > 1024)
+            throw input_error(errc::bad_argument, "threads = " + std::to_string(threads) + " is outside 1..1024");
+        if (threads > 1) pool_ = std::make_shared<detail::thread_pool>(threads);
         const std::size_t H = c.hidden_size, I = c.intermediate_size;
         word_ = bind(r, "embeddings.word_embeddings.weight", {c.vocab_size, H});
         pos_ = bind(r, "embeddings.position_embeddings.weight", {c.max_position_embeddings, H});
@@ -136,19 +242,19 @@ public:
         for (std::size_t l = 0; l < c.num_layers; ++l) {
             const std::string p = "encoder.layer." + std::to_string(l) + ".";
             layer_weights w{};
-            w.wq = bind(r, p + "attention.self.query.weight", {H, H});
+            w.wq = bind_linear(r, p + "attention.self.query.weight", H, H);
             w.bq = bind(r, p + "attention.self.query.bias", {H});
-            w.wk = bind(r, p + "attention.self.key.weight", {H, H});
+            w.wk = bind_linear(r, p + "attention.self.key.weight", H, H);
             w.bk = bind(r, p + "attention.self.key.bias", {H});
-            w.wv = bind(r, p + "attention.self.value.weight", {H, H});
+            w.wv = bind_linear(r, p + "attention.self.value.weight", H, H);
             w.bv = bind(r, p + "attention.self.value.bias", {H});
-            w.wo = bind(r, p + "attention.output.dense.weight", {H, H});
+            w.wo = bind_linear(r, p + "attention.output.dense.weight", H, H);
             w.bo = bind(r, p + "attention.output.dense.bias", {H});
             w.ln1_g = bind(r, p + "attention.output.LayerNorm.weight", {H});
             w.ln1_b = bind(r, p + "attention.output.LayerNorm.bias", {H});
-            w.wi = bind(r, p + "intermediate.dense.weight", {I, H});
+            w.wi = bind_linear(r, p + "intermediate.dense.weight", I, H);
             w.bi = bind(r, p + "intermediate.dense.bias", {I});
-            w.wo2 = bind(r, p + "output.dense.weight", {H, I});
+            w.wo2 = bind_linear(r, p + "output.dense.weight", H, I);
             w.bo2 = bind(r, p + "output.dense.bias", {H});
             w.ln2_g = bind(r, p + "output.LayerNorm.weight", {H});
             w.ln2_b = bind(r, p + "output.LayerNorm.bias", {H});
@@ -157,6 +263,12 @@ public:
     }
 
     const bert_config& config() const noexcept { return cfg_; }
+    /// The kernel path in use.
+    isa arch() const noexcept { return kernels_->arch; }
+    /// Intra-op threads per forward pass.
+    std::size_t threads() const noexcept { return pool_ ? pool_->size() : 1; }
+    /// True if every linear weight came pre-packed from the blob (no packing work or copies at load).
+    bool prepacked() const noexcept { return owned_.empty(); }
 
     /// Runs the encoder over a packed batch. ids/type_ids hold `tokens` entries; seqs describe the sequences.
     /// Returns a pointer to the final hidden states [tokens, H] inside `ws` (valid until its next use).
@@ -173,53 +285,57 @@ public:
                 throw input_error(errc::bad_argument, "sequence " + std::to_string(s) + " extends past the token buffer");
             max_len = std::max(max_len, seqs[s].length);
         }
-        ws.reserve(tokens, max_len, cfg_);
+        for (std::size_t t = 0; t < tokens; ++t) {
+            const std::int32_t id = ids[t];
+            const std::int32_t tt = type_ids ? type_ids[t] : 0;
+            if (id < 0 || static_cast<std::size_t>(id) >= cfg_.vocab_size)
+                throw input_error(errc::bad_argument, "token id " + std::to_string(id) + " at position " +
+                                                          std::to_string(t) + " is outside the vocab (size " +
+                                                          std::to_string(cfg_.vocab_size) + ")");
+            if (tt < 0 || static_cast<std::size_t>(tt) >= cfg_.type_vocab_size)
+                throw input_error(errc::bad_argument, "token type id " + std::to_string(tt) + " at position " +
+                                                          std::to_string(t) + " is outside 0.." +
+                                                          std::to_string(cfg_.type_vocab_size - 1));
+        }
+        ws.reserve(tokens, max_len, cfg_, threads());
         float* x = ws.x_.data();
         for (std::size_t s = 0; s < nseq; ++s) {
             for (std::size_t p = 0; p < seqs[s].length; ++p) {
                 const std::size_t t = seqs[s].offset + p;
-                const std::int32_t id = ids[t];
-                const std::int32_t tt = type_ids ? type_ids[t] : 0;
-                if (id < 0 || static_cast<std::size_t>(id) >= cfg_.vocab_size)
-                    throw input_error(errc::bad_argument, "token id " + std::to_string(id) + " at position " +
-                                                              std::to_string(t) + " is outside the vocab (size " +
-                                                              std::to_string(cfg_.vocab_size) + ")");
-                if (tt < 0 || static_cast<std::size_t>(tt) >= cfg_.type_vocab_size)
-                    throw input_error(errc::bad_argument, "token type id " + std::to_string(tt) + " at position " +
-                                                              std::to_string(t) + " is outside 0.." +
-                                                              std::to_string(cfg_.type_vocab_size - 1));
-                const float* we = word_ + static_cast<std::size_t>(id) * H;
-                const float* pe = pos_ + p * H;
-                const float* te = type_ + static_cast<std::size_t>(tt) * H;
-                float* xr = x + t * H;
-                for (std::size_t i = 0; i < H; ++i) xr[i] = we[i] + pe[i] + te[i];
+                const std::size_t tt = type_ids ? static_cast<std::size_t>(type_ids[t]) : 0;
+                kernels_->add3(x + t * H, word_ + static_cast<std::size_t>(ids[t]) * H, pos_ + p * H, type_ + tt * H,
+                               static_cast<std::ptrdiff_t>(H));
             }
         }
-        detail::add_layernorm(x, nullptr, static_cast<std::ptrdiff_t>(tokens), static_cast<std::ptrdiff_t>(H),
-                              emb_ln_g_, emb_ln_b_, cfg_.layer_norm_eps);
-        run_layers(seqs, nseq, tokens, ws);
+        const detail::exec_context ex{kernels_, pool_.get()};
+        encoder_block<dynamic_shape>::layernorm(*kernels_, ex, x, static_cast<std::ptrdiff_t>(tokens),
+                                                static_cast<std::ptrdiff_t>(H), emb_ln_g_, emb_ln_b_,
+                                                cfg_.layer_norm_eps);
+        run_layers(seqs, nseq, tokens, ws, ex);
         return ws.x_.data();
     }
 
 private:
-    void run_layers(const sequence_span* seqs, std::size_t nseq, std::size_t tokens, workspace& ws) const {
+    void run_layers(const sequence_span* seqs, std::size_t nseq, std::size_t tokens, workspace& ws,
+                    const detail::exec_context& ex) const {
         const auto& c = cfg_;
         if (c.hidden_size == 384 && c.num_heads == 12 && c.intermediate_size == 1536)
-            run_with(fixed_shape<384, 12, 1536>{}, seqs, nseq, tokens, ws);
+            run_with(fixed_shape<384, 12, 1536>{}, seqs, nseq, tokens, ws, ex);
         else if (c.hidden_size == 768 && c.num_heads == 12 && c.intermediate_size == 3072)
-            run_with(fixed_shape<768, 12, 3072>{}, seqs, nseq, tokens, ws);
+            run_with(fixed_shape<768, 12, 3072>{}, seqs, nseq, tokens, ws, ex);
         else
-            run_with(dynamic_shape{c.hidden_size, c.num_heads, c.intermediate_size}, seqs, nseq, tokens, ws);
+            run_with(dynamic_shape{c.hidden_size, c.num_heads, c.intermediate_size}, seqs, nseq, tokens, ws, ex);
     }
 
     template <class Shape>
-    void run_with(const Shape& s, const sequence_span* seqs, std::size_t nseq, std::size_t tokens,
-                  workspace& ws) const {
+    void run_with(const Shape& s, const sequence_span* seqs, std::size_t nseq, std::size_t tokens, workspace& ws,
+                  const detail::exec_context& ex) const {
         for (const auto& w : layers_)
-            encoder_block<Shape>::forward(s, w, cfg_.layer_norm_eps, cfg_.activation, seqs, nseq, tokens, ws);
+            encoder_block<Shape>::forward(s, w, cfg_.layer_norm_eps, cfg_.activation, seqs, nseq, tokens, ws, ex);
     }
 
-    static const float* bind(const blob::reader& r, const std::string& name, std::initializer_list<std::size_t> dims) {
+    static const blob::tensor_view& find_shaped(const blob::reader& r, const std::string& name,
+                                                std::initializer_list<std::size_t> dims) {
         const blob::tensor_view* t = r.find(name);
         if (!t) throw model_error(errc::missing_tensor, std::string(r.source()) + ": missing tensor '" + name + "'");
         std::string want = "(";
@@ -234,13 +350,44 @@ private:
         if (!ok)
             throw model_error(errc::tensor_shape, std::string(r.source()) + ": tensor '" + name + "': expected " + want +
                                                       ", got " + t->shape_str());
-        if (t->type != blob::dtype::f32 || t->layout != 0 || t->quant != 0)
+        return *t;
+    }
+
+    static const float* bind(const blob::reader& r, const std::string& name, std::initializer_list<std::size_t> dims) {
+        const blob::tensor_view& t = find_shaped(r, name, dims);
+        if (t.type != blob::dtype::f32 || t.layout != 0 || t.quant != 0)
             throw model_error(errc::unsupported, std::string(r.source()) + ": tensor '" + name +
                                                      "': only row-major f32 tensors are supported by this build");
-        return t->as<float>();
+        return t.as<float>();
+    }
+
+    /// A linear weight [out, in] as PACKED_N16 panels: used in place when the blob holds it packed (layout 1),
+    /// packed once into memory owned by the encoder when it is row-major (layout 0).
+    const float* bind_linear(const blob::reader& r, const std::string& name, std::size_t out, std::size_t in) {
+        const blob::tensor_view& t = find_shaped(r, name, {out, in});
+        if (t.type != blob::dtype::f32 || t.quant != 0 || (t.layout != 0 && t.layout != 1))
+            throw model_error(errc::unsupported,
+                              std::string(r.source()) + ": tensor '" + name +
+                                  "': only f32 row-major or packed_n16 linear weights are supported");
+        const std::size_t n = detail::packed_n16_size(out, in);
+        if (t.layout == 1) {
+            if (t.nbytes != n * sizeof(float))
+                throw model_error(errc::tensor_shape, std::string(r.source()) + ": tensor '" + name +
+                                                          "': packed_n16 data holds " + std::to_string(t.nbytes) +
+                                                          " bytes; expected " + std::to_string(n * sizeof(float)));
+            return t.as<float>();
+        }
+        auto packed = std::make_shared<std::vector<float>>(n);
+        detail::pack_n16(t.as<float>(), static_cast<std::ptrdiff_t>(out), static_cast<std::ptrdiff_t>(in),
+                         static_cast<std::ptrdiff_t>(in), packed->data());
+        owned_.push_back(packed);  // shared: copies of the encoder keep pointing at live memory
+        return packed->data();
     }
 
     bert_config cfg_;
+    const detail::kernel_table* kernels_ = nullptr;
+    std::shared_ptr<detail::thread_pool> pool_;
+    std::vector<std::shared_ptr<std::vector<float>>> owned_;  // weights packed at load (row-major blobs only)
     const float* word_ = nullptr;
     const float* pos_ = nullptr;
     const float* type_ = nullptr;

@@ -1,0 +1,229 @@
+// bertlet — AVX2 + FMA kernel path, x86-64 only (the baseline of every AWS Lambda x86 host).
+//
+// Compiled with a function-level target attribute, never with global -m flags; only called after run-time
+// detection. Unaligned loads/stores throughout; partial vectors use vmaskmov (masked lanes never fault).
+//
+// GEMM micro-kernel: 6 rows x 16 columns (one packed panel = 2 ymm) = 12 ymm accumulators, 2 for B, 1 broadcast.
+#pragma once
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define BERTLET_HAVE_AVX2_PATH 1
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+
+#include "bertlet/kernels/packed.hpp"
+
+#define BERTLET_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+namespace bertlet::detail::avx2 {
+
+/// Lane mask with the first n (clamped to 0..8) lanes on.
+BERTLET_TARGET_AVX2 inline __m256i lane_mask(std::ptrdiff_t n) {
+    alignas(32) static const std::int32_t tbl[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+    n = std::max<std::ptrdiff_t>(0, std::min<std::ptrdiff_t>(8, n));
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tbl + 8 - n));
+}
+
+BERTLET_TARGET_AVX2 inline __m256 load_n(const float* p, std::ptrdiff_t n) {
+    return n >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, lane_mask(n));
+}
+BERTLET_TARGET_AVX2 inline void store_n(float* p, __m256 v, std::ptrdiff_t n) {
+    if (n >= 8) _mm256_storeu_ps(p, v);
+    else _mm256_maskstore_ps(p, lane_mask(n), v);
+}
+
+BERTLET_TARGET_AVX2 inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+BERTLET_TARGET_AVX2 inline float hmax(__m256 v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+
+/// exp(x), same Cephes scheme as the AVX-512 path; 2^n built in the exponent field.
+BERTLET_TARGET_AVX2 inline __m256 exp_ps(__m256 x) {
+    x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.0f)), _mm256_set1_ps(-87.3365447505531f));
+    const __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    const __m256 y = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+/// erf(x): the same rational approximation as the AVX-512 path.
+BERTLET_TARGET_AVX2 inline __m256 erf_ps(__m256 x) {
+    x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(4.0f)), _mm256_set1_ps(-4.0f));
+    const __m256 x2 = _mm256_mul_ps(x, x);
+    __m256 p = _mm256_set1_ps(-2.72614225801306e-10f);
+    p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(2.77068142495902e-08f));
+    p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(-2.10102402082508e-06f));
+    p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(-5.69250639462346e-05f));
+    p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(-7.34990630326855e-04f));
+    p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(-2.95459980854025e-03f));
+    p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(-1.60960333262415e-02f));
+    p = _mm256_mul_ps(x, p);
+    __m256 q = _mm256_set1_ps(-1.45660718464996e-05f);
+    q = _mm256_fmadd_ps(x2, q, _mm256_set1_ps(-2.13374055278905e-04f));
+    q = _mm256_fmadd_ps(x2, q, _mm256_set1_ps(-1.68282697438203e-03f));
+    q = _mm256_fmadd_ps(x2, q, _mm256_set1_ps(-7.37332916720468e-03f));
+    q = _mm256_fmadd_ps(x2, q, _mm256_set1_ps(-1.42647390514189e-02f));
+    return _mm256_div_ps(p, q);
+}
+
+BERTLET_TARGET_AVX2 inline __m256 act_ps(__m256 v, activation a) {
+    if (a == activation::gelu_erf) {
+        const __m256 e = erf_ps(_mm256_mul_ps(v, _mm256_set1_ps(0.70710678118654752f)));
+        return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v), _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+    }
+    if (a == activation::gelu_tanh) {
+        const __m256 v3 = _mm256_mul_ps(_mm256_mul_ps(v, v), v);
+        const __m256 u = _mm256_mul_ps(_mm256_set1_ps(0.79788456080286536f),
+                                       _mm256_fmadd_ps(_mm256_set1_ps(0.044715f), v3, v));
+        const __m256 e = exp_ps(_mm256_mul_ps(_mm256_set1_ps(-2.0f), u));
+        return _mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+    }
+    return v;
+}
+
+template <int MR>
+BERTLET_TARGET_AVX2 void tile_mr(const tile_args& t) {
+    __m256 acc[MR][2];
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    const float* a = t.ap;
+    const float* b = t.b;
+    const std::ptrdiff_t npf = t.pf_n;
+    for (std::ptrdiff_t k = 0; k < t.kc; ++k) {
+        if (k < npf) _mm_prefetch(reinterpret_cast<const char*>(t.pf[0] + k * panel_width), _MM_HINT_T1);
+        const __m256 v0 = _mm256_loadu_ps(b + k * panel_width);
+        const __m256 v1 = _mm256_loadu_ps(b + k * panel_width + 8);
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; ++i) {
+            const __m256 av = _mm256_broadcast_ss(a + k * MR + i);
+            acc[i][0] = _mm256_fmadd_ps(av, v0, acc[i][0]);
+            acc[i][1] = _mm256_fmadd_ps(av, v1, acc[i][1]);
+        }
+    }
+    const epilogue* ep = t.ep;
+    const __m256 alpha = _mm256_set1_ps(ep ? ep->alpha : 1.0f);
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {
+        const std::ptrdiff_t w = t.cols - h * 8;
+        if (w <= 0) break;
+        const __m256 bias = t.bias ? load_n(t.bias + h * 8, w) : _mm256_setzero_ps();
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; ++i) {
+            if (i >= t.rows) break;
+            float* c = t.c + i * t.ldc + h * 8;
+            __m256 v = acc[i][h];
+            if (t.add_c) v = _mm256_add_ps(v, load_n(c, w));
+            if (ep) {
+                v = _mm256_fmadd_ps(v, alpha, bias);
+                if (t.res) v = _mm256_add_ps(v, load_n(t.res + i * ep->ldr + h * 8, w));
+                v = act_ps(v, ep->act);
+            }
+            store_n(c, v, w);
+        }
+    }
+}
+
+struct traits {
+    static constexpr int MR = 6;
+    static constexpr int MR_STEP = 2;
+    static constexpr int NP = 1;
+    static void tile(const tile_args& t, int mr, int) {
+        if (mr == 6) tile_mr<6>(t);
+        else if (mr == 4) tile_mr<4>(t);
+        else tile_mr<2>(t);
+    }
+};
+
+inline void gemm(const gemm_args& g, std::ptrdiff_t m0, std::ptrdiff_t m1, std::ptrdiff_t p0, std::ptrdiff_t p1,
+                 float* scratch) {
+    gemm_blocked<traits>(g, m0, m1, p0, p1, scratch);
+}
+
+BERTLET_TARGET_AVX2 inline void layernorm(float* x, const float* residual, std::ptrdiff_t rows, std::ptrdiff_t n,
+                                         const float* gamma, const float* beta, float eps) {
+    for (std::ptrdiff_t r = 0; r < rows; ++r) {
+        float* xr = x + r * n;
+        __m256 s = _mm256_setzero_ps();
+        for (std::ptrdiff_t i = 0; i < n; i += 8) {
+            __m256 v = load_n(xr + i, n - i);
+            if (residual) {
+                v = _mm256_add_ps(v, load_n(residual + r * n + i, n - i));
+                store_n(xr + i, v, n - i);
+            }
+            s = _mm256_add_ps(s, v);
+        }
+        const float mean = hsum(s) / static_cast<float>(n);
+        const __m256 mv = _mm256_set1_ps(mean);
+        __m256 q = _mm256_setzero_ps();
+        for (std::ptrdiff_t i = 0; i < n; i += 8) {
+            const __m256 m = _mm256_castsi256_ps(lane_mask(n - i));
+            const __m256 d = _mm256_and_ps(m, _mm256_sub_ps(load_n(xr + i, n - i), mv));
+            q = _mm256_fmadd_ps(d, d, q);
+        }
+        const float inv = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hsum(q)) / static_cast<double>(n) +
+                                                             static_cast<double>(eps)));
+        const __m256 iv = _mm256_set1_ps(inv);
+        for (std::ptrdiff_t i = 0; i < n; i += 8) {
+            const __m256 d = _mm256_mul_ps(_mm256_sub_ps(load_n(xr + i, n - i), mv), iv);
+            store_n(xr + i, _mm256_fmadd_ps(d, load_n(gamma + i, n - i), load_n(beta + i, n - i)), n - i);
+        }
+    }
+}
+
+BERTLET_TARGET_AVX2 inline void softmax(float* x, std::ptrdiff_t rows, std::ptrdiff_t n, std::ptrdiff_t ld) {
+    const __m256 ninf = _mm256_set1_ps(-INFINITY);
+    for (std::ptrdiff_t r = 0; r < rows; ++r) {
+        float* xr = x + r * ld;
+        __m256 mx = ninf;
+        for (std::ptrdiff_t i = 0; i < n; i += 8) {
+            const __m256 m = _mm256_castsi256_ps(lane_mask(n - i));
+            mx = _mm256_max_ps(mx, _mm256_blendv_ps(ninf, load_n(xr + i, n - i), m));
+        }
+        const __m256 mv = _mm256_set1_ps(hmax(mx));
+        __m256 s = _mm256_setzero_ps();
+        for (std::ptrdiff_t i = 0; i < n; i += 8) {
+            const __m256 m = _mm256_castsi256_ps(lane_mask(n - i));
+            const __m256 e = _mm256_and_ps(m, exp_ps(_mm256_sub_ps(load_n(xr + i, n - i), mv)));
+            s = _mm256_add_ps(s, e);
+            store_n(xr + i, e, n - i);
+        }
+        const __m256 iv = _mm256_set1_ps(1.0f / hsum(s));
+        for (std::ptrdiff_t i = 0; i < n; i += 8) store_n(xr + i, _mm256_mul_ps(load_n(xr + i, n - i), iv), n - i);
+    }
+}
+
+BERTLET_TARGET_AVX2 inline void activate(float* x, std::ptrdiff_t n, activation a) {
+    for (std::ptrdiff_t i = 0; i < n; i += 8) store_n(x + i, act_ps(load_n(x + i, n - i), a), n - i);
+}
+
+BERTLET_TARGET_AVX2 inline void add3(float* out, const float* a, const float* b, const float* c, std::ptrdiff_t n) {
+    for (std::ptrdiff_t i = 0; i < n; i += 8)
+        store_n(out + i, _mm256_add_ps(_mm256_add_ps(load_n(a + i, n - i), load_n(b + i, n - i)), load_n(c + i, n - i)),
+                n - i);
+}
+
+}  // namespace bertlet::detail::avx2
+
+#endif

@@ -1,0 +1,254 @@
+// bertlet — AVX-512 kernel path (F + BW + DQ + VL + FMA), x86-64 only.
+//
+// Compiled with a function-level target attribute, never with global -m flags: the code is only *called* after
+// run-time detection (kernels/cpu.hpp) says the CPU and OS support it. Loads and stores are unaligned (the
+// workspace and row-major tensors are only 4-byte aligned); partial vectors use AVX-512 masks.
+//
+// GEMM micro-kernel: 12 rows x 32 columns (two 16-float panels) = 24 zmm accumulators, 2 zmm for B, 1 broadcast.
+// Per k: 2 loads of B, 12 broadcasts of A, 24 FMAs.
+#pragma once
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define BERTLET_HAVE_AVX512_PATH 1
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+
+#include "bertlet/kernels/packed.hpp"
+
+#define BERTLET_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")))
+
+namespace bertlet::detail::avx512 {
+
+BERTLET_TARGET_AVX512 inline __mmask16 tail_mask(std::ptrdiff_t n) {
+    return n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1u);
+}
+
+// GCC 12's plain forms of a few intrinsics (min/max/roundscale/scalef/extract) start from _mm512_undefined_ps()
+// and trigger false -Wmaybe-uninitialized warnings; the merge-masked forms with an all-ones mask compile to the
+// same instructions without them.
+BERTLET_TARGET_AVX512 inline __m512 min_ps(__m512 a, __m512 b) { return _mm512_mask_min_ps(a, 0xFFFF, a, b); }
+BERTLET_TARGET_AVX512 inline __m512 max_ps(__m512 a, __m512 b) { return _mm512_mask_max_ps(a, 0xFFFF, a, b); }
+template <int Half>
+BERTLET_TARGET_AVX512 inline __m256 half(__m512 v) {
+    return _mm256_castpd_ps(_mm512_mask_extractf64x4_pd(_mm256_setzero_pd(), 0xF, _mm512_castps_pd(v), Half));
+}
+BERTLET_TARGET_AVX512 inline float hsum(__m512 v) {
+    const __m256 h = _mm256_add_ps(half<0>(v), half<1>(v));
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+BERTLET_TARGET_AVX512 inline float hmax(__m512 v) {
+    const __m256 h = _mm256_max_ps(half<0>(v), half<1>(v));
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+
+/// exp(x), Cephes-style: range reduction by ln 2, degree-5 polynomial, scale by 2^n (relative error ~2e-7).
+BERTLET_TARGET_AVX512 inline __m512 exp_ps(__m512 x) {
+    x = max_ps(min_ps(x, _mm512_set1_ps(88.3762626647949f)), _mm512_set1_ps(-87.3365447505531f));
+    const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
+    const __m512 fx = _mm512_mask_roundscale_ps(t, 0xFFFF, t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    const __m512 y = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_mask_scalef_ps(y, 0xFFFF, y, fx);
+}
+
+/// erf(x): odd/even rational approximation on [-4, 4] (the Eigen/XLA float erf; max abs error ~4e-7).
+BERTLET_TARGET_AVX512 inline __m512 erf_ps(__m512 x) {
+    x = max_ps(min_ps(x, _mm512_set1_ps(4.0f)), _mm512_set1_ps(-4.0f));
+    const __m512 x2 = _mm512_mul_ps(x, x);
+    __m512 p = _mm512_set1_ps(-2.72614225801306e-10f);
+    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(2.77068142495902e-08f));
+    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(-2.10102402082508e-06f));
+    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(-5.69250639462346e-05f));
+    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(-7.34990630326855e-04f));
+    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(-2.95459980854025e-03f));
+    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(-1.60960333262415e-02f));
+    p = _mm512_mul_ps(x, p);
+    __m512 q = _mm512_set1_ps(-1.45660718464996e-05f);
+    q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(-2.13374055278905e-04f));
+    q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(-1.68282697438203e-03f));
+    q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(-7.37332916720468e-03f));
+    q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(-1.42647390514189e-02f));
+    return _mm512_div_ps(p, q);
+}
+
+BERTLET_TARGET_AVX512 inline __m512 act_ps(__m512 v, activation a) {
+    if (a == activation::gelu_erf) {
+        const __m512 e = erf_ps(_mm512_mul_ps(v, _mm512_set1_ps(0.70710678118654752f)));
+        return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), v), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+    }
+    if (a == activation::gelu_tanh) {  // 0.5 v (1 + tanh(u)) = v / (1 + exp(-2u))
+        const __m512 v3 = _mm512_mul_ps(_mm512_mul_ps(v, v), v);
+        const __m512 u = _mm512_mul_ps(_mm512_set1_ps(0.79788456080286536f),
+                                       _mm512_fmadd_ps(_mm512_set1_ps(0.044715f), v3, v));
+        const __m512 e = exp_ps(_mm512_mul_ps(_mm512_set1_ps(-2.0f), u));
+        return _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+    }
+    return v;
+}
+
+template <int MR, int NP>
+BERTLET_TARGET_AVX512 void tile_mr(const tile_args& t) {
+    __m512 acc[MR][NP];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 2
+        for (int j = 0; j < NP; ++j) acc[i][j] = _mm512_setzero_ps();
+    const float* a = t.ap;
+    const float* b0 = t.b;
+    const float* b1 = t.b + (NP > 1 ? t.pstride : 0);
+    const std::ptrdiff_t npf = t.pf_n;
+    for (std::ptrdiff_t k = 0; k < t.kc; ++k) {
+        if (k < npf) {
+            _mm_prefetch(reinterpret_cast<const char*>(t.pf[0] + k * panel_width), _MM_HINT_T1);
+            _mm_prefetch(reinterpret_cast<const char*>(t.pf[1] + k * panel_width), _MM_HINT_T1);
+        }
+        const __m512 v0 = _mm512_loadu_ps(b0 + k * panel_width);
+        const __m512 v1 = NP > 1 ? _mm512_loadu_ps(b1 + k * panel_width) : v0;
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; ++i) {
+            const __m512 av = _mm512_set1_ps(a[k * MR + i]);
+            acc[i][0] = _mm512_fmadd_ps(av, v0, acc[i][0]);
+            if (NP > 1) acc[i][NP - 1] = _mm512_fmadd_ps(av, v1, acc[i][NP - 1]);
+        }
+    }
+#pragma GCC unroll 2
+    for (int j = 0; j < NP; ++j) {
+        const int c0 = j * panel_width;
+        if (t.cols <= c0) break;
+        const __mmask16 m = tail_mask(t.cols - c0);
+        const epilogue* ep = t.ep;
+        const __m512 alpha = _mm512_set1_ps(ep ? ep->alpha : 1.0f);
+        const __m512 bias = t.bias ? _mm512_maskz_loadu_ps(m, t.bias + c0) : _mm512_setzero_ps();
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; ++i) {
+            if (i >= t.rows) break;
+            float* c = t.c + i * t.ldc + c0;
+            __m512 v = acc[i][j];
+            if (t.add_c) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, c));
+            if (ep) {
+                v = _mm512_fmadd_ps(v, alpha, bias);
+                if (t.res) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, t.res + i * ep->ldr + c0));
+                v = act_ps(v, ep->act);
+            }
+            _mm512_mask_storeu_ps(c, m, v);
+        }
+    }
+}
+
+struct traits {
+    static constexpr int MR = 12;
+    static constexpr int MR_STEP = 4;
+    static constexpr int NP = 2;
+    static void tile(const tile_args& t, int mr, int np) {
+        if (np == 2) {
+            if (mr == 12) tile_mr<12, 2>(t);
+            else if (mr == 8) tile_mr<8, 2>(t);
+            else tile_mr<4, 2>(t);
+        } else {
+            if (mr == 12) tile_mr<12, 1>(t);
+            else if (mr == 8) tile_mr<8, 1>(t);
+            else tile_mr<4, 1>(t);
+        }
+    }
+};
+
+inline void gemm(const gemm_args& g, std::ptrdiff_t m0, std::ptrdiff_t m1, std::ptrdiff_t p0, std::ptrdiff_t p1,
+                 float* scratch) {
+    gemm_blocked<traits>(g, m0, m1, p0, p1, scratch);
+}
+
+BERTLET_TARGET_AVX512 inline void layernorm(float* x, const float* residual, std::ptrdiff_t rows, std::ptrdiff_t n,
+                                           const float* gamma, const float* beta, float eps) {
+    for (std::ptrdiff_t r = 0; r < rows; ++r) {
+        float* xr = x + r * n;
+        __m512 s = _mm512_setzero_ps();
+        for (std::ptrdiff_t i = 0; i < n; i += 16) {
+            const __mmask16 m = tail_mask(n - i);
+            __m512 v = _mm512_maskz_loadu_ps(m, xr + i);
+            if (residual) {
+                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, residual + r * n + i));
+                _mm512_mask_storeu_ps(xr + i, m, v);
+            }
+            s = _mm512_add_ps(s, v);
+        }
+        const float mean = hsum(s) / static_cast<float>(n);
+        const __m512 mv = _mm512_set1_ps(mean);
+        __m512 q = _mm512_setzero_ps();
+        for (std::ptrdiff_t i = 0; i < n; i += 16) {
+            const __mmask16 m = tail_mask(n - i);
+            const __m512 d = _mm512_maskz_sub_ps(m, _mm512_maskz_loadu_ps(m, xr + i), mv);
+            q = _mm512_fmadd_ps(d, d, q);
+        }
+        const float inv = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hsum(q)) / static_cast<double>(n) +
+                                                             static_cast<double>(eps)));
+        const __m512 iv = _mm512_set1_ps(inv);
+        for (std::ptrdiff_t i = 0; i < n; i += 16) {
+            const __mmask16 m = tail_mask(n - i);
+            const __m512 d = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, xr + i), mv), iv);
+            const __m512 g = _mm512_maskz_loadu_ps(m, gamma + i);
+            const __m512 y = _mm512_fmadd_ps(d, g, _mm512_maskz_loadu_ps(m, beta + i));
+            _mm512_mask_storeu_ps(xr + i, m, y);
+        }
+    }
+}
+
+BERTLET_TARGET_AVX512 inline void softmax(float* x, std::ptrdiff_t rows, std::ptrdiff_t n, std::ptrdiff_t ld) {
+    for (std::ptrdiff_t r = 0; r < rows; ++r) {
+        float* xr = x + r * ld;
+        __m512 mx = _mm512_set1_ps(-INFINITY);
+        for (std::ptrdiff_t i = 0; i < n; i += 16) {
+            const __mmask16 m = tail_mask(n - i);
+            mx = _mm512_mask_max_ps(mx, m, mx, _mm512_maskz_loadu_ps(m, xr + i));
+        }
+        const __m512 mv = _mm512_set1_ps(hmax(mx));
+        __m512 s = _mm512_setzero_ps();
+        for (std::ptrdiff_t i = 0; i < n; i += 16) {
+            const __mmask16 m = tail_mask(n - i);
+            const __m512 e = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, xr + i), mv));
+            s = _mm512_mask_add_ps(s, m, s, e);
+            _mm512_mask_storeu_ps(xr + i, m, e);
+        }
+        const __m512 iv = _mm512_set1_ps(1.0f / hsum(s));
+        for (std::ptrdiff_t i = 0; i < n; i += 16) {
+            const __mmask16 m = tail_mask(n - i);
+            _mm512_mask_storeu_ps(xr + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, xr + i), iv));
+        }
+    }
+}
+
+BERTLET_TARGET_AVX512 inline void activate(float* x, std::ptrdiff_t n, activation a) {
+    for (std::ptrdiff_t i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask(n - i);
+        _mm512_mask_storeu_ps(x + i, m, act_ps(_mm512_maskz_loadu_ps(m, x + i), a));
+    }
+}
+
+BERTLET_TARGET_AVX512 inline void add3(float* out, const float* a, const float* b, const float* c, std::ptrdiff_t n) {
+    for (std::ptrdiff_t i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask(n - i);
+        const __m512 v = _mm512_add_ps(_mm512_add_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i)),
+                                       _mm512_maskz_loadu_ps(m, c + i));
+        _mm512_mask_storeu_ps(out + i, m, v);
+    }
+}
+
+}  // namespace bertlet::detail::avx512
+
+#endif

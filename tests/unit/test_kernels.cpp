@@ -1,0 +1,302 @@
+// Packed fp32 kernels: every path this CPU supports (scalar, avx2, avx512, neon) against simple double-precision
+// references on odd shapes, fused epilogues, softmax, LayerNorm, GELU accuracy, thread-count independence, and the
+// run-time path selection.
+#include <doctest/doctest.h>
+
+#include <bertlet/bertlet.hpp>
+#include <bertlet/kernels/basic.hpp>
+#include <bertlet/kernels/dispatch.hpp>
+
+#include <atomic>
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+
+namespace bd = bertlet::detail;
+
+std::vector<float> rand_vec(std::size_t n, unsigned seed, float lo = -1.f, float hi = 1.f) {
+    std::mt19937 rng(seed);
+    std::uniform_real_distribution<float> d(lo, hi);
+    std::vector<float> v(n);
+    for (auto& x : v) x = d(rng);
+    return v;
+}
+
+double act_ref(double v, bd::activation a) {
+    switch (a) {
+        case bd::activation::none: return v;
+        case bd::activation::gelu_erf: return 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0)));
+        case bd::activation::gelu_tanh:
+            return 0.5 * v * (1.0 + std::tanh(0.79788456080286535588 * (v + 0.044715 * v * v * v)));
+    }
+    return v;
+}
+
+struct gemm_case {
+    std::ptrdiff_t m, n, k;
+};
+
+// Runs one packed GEMM on path `a` and compares with a double reference; returns the worst error / tolerance.
+double check_gemm(const bd::kernel_table& kt, const gemm_case& c, const bd::epilogue& ep_proto, unsigned seed,
+                  std::size_t threads = 1) {
+    const std::ptrdiff_t lda = c.k + 3, ldc = c.n + 5;  // strided on purpose
+    auto A = rand_vec(static_cast<std::size_t>(c.m * lda), seed);
+    auto W = rand_vec(static_cast<std::size_t>(c.n * c.k), seed + 1);
+    auto bias = rand_vec(static_cast<std::size_t>(c.n), seed + 2);
+    auto res = rand_vec(static_cast<std::size_t>(c.m * c.n), seed + 3);
+    std::vector<float> Wp(bd::packed_n16_size(static_cast<std::size_t>(c.n), static_cast<std::size_t>(c.k)), -7.f);
+    bd::pack_n16(W.data(), c.n, c.k, c.k, Wp.data());
+    std::vector<float> C(static_cast<std::size_t>(c.m * ldc), 12345.f);
+    bd::gemm_args g;
+    g.a = A.data();
+    g.lda = lda;
+    g.b = Wp.data();
+    g.c = C.data();
+    g.ldc = ldc;
+    g.m = c.m;
+    g.n = c.n;
+    g.k = c.k;
+    g.ep = ep_proto;
+    if (ep_proto.bias) g.ep.bias = bias.data();
+    if (ep_proto.residual) {
+        g.ep.residual = res.data();
+        g.ep.ldr = c.n;
+    }
+    bd::thread_pool pool(threads);
+    std::vector<float> scratch(bd::gemm_scratch_floats() * threads);
+    bd::gemm_parallel(kt, threads > 1 ? &pool : nullptr, g, scratch.data(), bd::gemm_scratch_floats());
+    double worst = 0.0;
+    for (std::ptrdiff_t i = 0; i < c.m; ++i) {
+        for (std::ptrdiff_t j = 0; j < c.n; ++j) {
+            double acc = 0.0, mag = 0.0;
+            for (std::ptrdiff_t kk = 0; kk < c.k; ++kk) {
+                acc += double(A[i * lda + kk]) * W[j * c.k + kk];
+                mag += std::fabs(double(A[i * lda + kk]) * W[j * c.k + kk]);
+            }
+            double v = acc * ep_proto.alpha;
+            mag *= std::fabs(ep_proto.alpha);
+            if (ep_proto.bias) v += bias[j], mag += std::fabs(bias[j]);
+            if (ep_proto.residual) v += res[i * c.n + j], mag += std::fabs(res[i * c.n + j]);
+            v = act_ref(v, ep_proto.act);
+            const double tol = 1e-6 * (mag + 1.0) + 2e-7 * c.k;
+            worst = std::max(worst, std::fabs(v - C[i * ldc + j]) / tol);
+        }
+        for (std::ptrdiff_t j = c.n; j < ldc; ++j) REQUIRE(C[i * ldc + j] == 12345.f);  // nothing past N written
+    }
+    return worst;
+}
+
+}  // namespace
+
+TEST_CASE("kernels: the machine's paths are detected and selectable") {
+    const auto paths = bd::available_isas();
+    REQUIRE(!paths.empty());
+    CHECK(paths.front() == bertlet::isa::scalar);
+    for (auto a : paths) CHECK(bd::kernels_for(a).arch == a);
+#if defined(__x86_64__)
+    CHECK_THROWS_AS(bd::kernels_for(bertlet::isa::neon), bertlet::input_error);
+#else
+    CHECK_THROWS_AS(bd::kernels_for(bertlet::isa::avx2), bertlet::input_error);
+#endif
+    MESSAGE("CPU: " << bertlet::cpu().describe()
+                    << "; active path: " << std::string(bertlet::isa_name(bertlet::active_isa())));
+}
+
+TEST_CASE("kernels: pack_n16 layout and round trip") {
+    const std::ptrdiff_t N = 37, K = 5;
+    auto W = rand_vec(N * K, 1);
+    std::vector<float> P(bd::packed_n16_size(N, K), -1.f);
+    CHECK(P.size() == 48 * 5);
+    bd::pack_n16(W.data(), N, K, K, P.data());
+    for (std::ptrdiff_t n = 0; n < 48; ++n)
+        for (std::ptrdiff_t k = 0; k < K; ++k)
+            CHECK(P[((n / 16) * K + k) * 16 + n % 16] == (n < N ? W[n * K + k] : 0.f));
+    std::vector<float> back(N * K);
+    bd::unpack_n16(P.data(), N, K, back.data());
+    CHECK(back == W);
+}
+
+TEST_CASE("kernels: packed GEMM matches a double reference on odd shapes, every path") {
+    const std::vector<gemm_case> cases = {
+        {1, 1, 1}, {1, 16, 7}, {3, 5, 7}, {17, 33, 1}, {17, 100, 384}, {128, 31, 7}, {3, 48, 1536},
+        {128, 100, 384}, {17, 40, 1536}, {1, 384, 384}, {13, 17, 257}, {200, 64, 300}, {25, 32, 513}};
+    for (auto a : bd::available_isas()) {
+        CAPTURE(bertlet::isa_name(a));
+        const auto& kt = bd::kernels_for(a);
+        unsigned seed = 10;
+        for (const auto& c : cases) {
+            CAPTURE(c.m);
+            CAPTURE(c.n);
+            CAPTURE(c.k);
+            bd::epilogue plain;
+            CHECK(check_gemm(kt, c, plain, seed++) <= 1.0);
+        }
+    }
+}
+
+TEST_CASE("kernels: fused epilogues (alpha, bias, residual, GELU erf / tanh), every path") {
+    float dummy = 0.f;
+    for (auto a : bd::available_isas()) {
+        CAPTURE(bertlet::isa_name(a));
+        const auto& kt = bd::kernels_for(a);
+        unsigned seed = 100;
+        for (const gemm_case c : {gemm_case{17, 100, 384}, gemm_case{3, 7, 7}, gemm_case{128, 40, 1536}}) {
+            CAPTURE(c.m);
+            CAPTURE(c.n);
+            CAPTURE(c.k);
+            for (int variant = 0; variant < 5; ++variant) {
+                CAPTURE(variant);
+                bd::epilogue ep;
+                ep.alpha = variant == 1 ? 0.125f : 1.0f;
+                ep.bias = variant >= 1 ? &dummy : nullptr;  // replaced by real data in check_gemm
+                ep.residual = variant == 2 || variant == 4 ? &dummy : nullptr;
+                ep.act = variant == 3 ? bd::activation::gelu_erf
+                         : variant == 4 ? bd::activation::gelu_tanh : bd::activation::none;
+                CHECK(check_gemm(kt, c, ep, seed++) <= 1.0);
+            }
+        }
+    }
+}
+
+TEST_CASE("kernels: GEMM results do not depend on the thread count (bit-identical)") {
+    for (auto a : bd::available_isas()) {
+        CAPTURE(bertlet::isa_name(a));
+        const auto& kt = bd::kernels_for(a);
+        const std::ptrdiff_t M = 400, N = 200, K = 600;  // several row blocks and K blocks
+        auto A = rand_vec(M * K, 5);
+        auto W = rand_vec(N * K, 6);
+        auto bias = rand_vec(N, 7);
+        std::vector<float> Wp(bd::packed_n16_size(N, K));
+        bd::pack_n16(W.data(), N, K, K, Wp.data());
+        std::vector<std::vector<float>> outs;
+        for (std::size_t threads : {1u, 2u, 3u, 5u}) {
+            std::vector<float> C(M * N);
+            bd::gemm_args g;
+            g.a = A.data();
+            g.lda = K;
+            g.b = Wp.data();
+            g.c = C.data();
+            g.ldc = N;
+            g.m = M;
+            g.n = N;
+            g.k = K;
+            g.ep.bias = bias.data();
+            g.ep.act = bd::activation::gelu_erf;
+            bd::thread_pool pool(threads);
+            std::vector<float> scratch(bd::gemm_scratch_floats() * threads);
+            bd::gemm_parallel(kt, &pool, g, scratch.data(), bd::gemm_scratch_floats());
+            outs.push_back(C);
+        }
+        for (std::size_t i = 1; i < outs.size(); ++i) CHECK(outs[i] == outs[0]);
+    }
+}
+
+TEST_CASE("kernels: the packed GEMM agrees with the reference Eigen kernel (basic.hpp)") {
+    const std::ptrdiff_t M = 19, N = 70, K = 384;
+    auto A = rand_vec(M * K, 21);
+    auto W = rand_vec(N * K, 22);
+    auto b = rand_vec(N, 23);
+    std::vector<float> ref(M * N);
+    bd::linear(A.data(), M, K, K, W.data(), b.data(), N, ref.data(), N);
+    std::vector<float> Wp(bd::packed_n16_size(N, K));
+    bd::pack_n16(W.data(), N, K, K, Wp.data());
+    for (auto a : bd::available_isas()) {
+        CAPTURE(bertlet::isa_name(a));
+        std::vector<float> C(M * N), scratch(bd::gemm_scratch_floats());
+        bd::gemm_args g;
+        g.a = A.data();
+        g.lda = K;
+        g.b = Wp.data();
+        g.c = C.data();
+        g.ldc = N;
+        g.m = M;
+        g.n = N;
+        g.k = K;
+        g.ep.bias = b.data();
+        bd::kernels_for(a).gemm(g, 0, M, 0, bd::panels_of(N), scratch.data());
+        for (std::size_t i = 0; i < C.size(); ++i) CHECK(C[i] == doctest::Approx(ref[i]).epsilon(1e-4).scale(1.0));
+    }
+}
+
+TEST_CASE("kernels: softmax, LayerNorm, GELU, embedding sum against double references, every path") {
+    for (auto a : bd::available_isas()) {
+        CAPTURE(bertlet::isa_name(a));
+        const auto& kt = bd::kernels_for(a);
+        for (std::ptrdiff_t n : {1, 3, 7, 16, 17, 100, 128, 384, 385}) {
+            CAPTURE(n);
+            // softmax: 3 rows with a stride, large spreads included
+            const std::ptrdiff_t rows = 3, ld = n + 2;
+            auto x = rand_vec(rows * ld, 31 + unsigned(n), -30.f, 30.f);
+            auto y = x;
+            kt.softmax(y.data(), rows, n, ld);
+            for (std::ptrdiff_t r = 0; r < rows; ++r) {
+                double mx = -1e300, sum = 0;
+                for (std::ptrdiff_t i = 0; i < n; ++i) mx = std::max(mx, double(x[r * ld + i]));
+                for (std::ptrdiff_t i = 0; i < n; ++i) sum += std::exp(double(x[r * ld + i]) - mx);
+                for (std::ptrdiff_t i = 0; i < n; ++i)
+                    CHECK(std::fabs(y[r * ld + i] - std::exp(double(x[r * ld + i]) - mx) / sum) <= 1e-6);
+                for (std::ptrdiff_t i = n; i < ld; ++i) CHECK(y[r * ld + i] == x[r * ld + i]);
+            }
+            // LayerNorm with a residual, offset inputs (mean far from 0)
+            auto v = rand_vec(rows * n, 41 + unsigned(n), 3.f, 5.f);
+            auto res = rand_vec(rows * n, 42 + unsigned(n));
+            auto g = rand_vec(n, 43, 0.5f, 1.5f);
+            auto b = rand_vec(n, 44);
+            auto out = v;
+            kt.layernorm(out.data(), res.data(), rows, n, g.data(), b.data(), 1e-12f);
+            for (std::ptrdiff_t r = 0; r < rows; ++r) {
+                double mean = 0, var = 0;
+                for (std::ptrdiff_t i = 0; i < n; ++i) mean += double(v[r * n + i]) + res[r * n + i];
+                mean /= double(n);
+                for (std::ptrdiff_t i = 0; i < n; ++i) {
+                    const double d = double(v[r * n + i]) + res[r * n + i] - mean;
+                    var += d * d;
+                }
+                var /= double(n);
+                for (std::ptrdiff_t i = 0; i < n; ++i) {
+                    const double want =
+                        (double(v[r * n + i]) + res[r * n + i] - mean) / std::sqrt(var + 1e-12) * g[i] + b[i];
+                    if (n > 1) CHECK(std::fabs(out[r * n + i] - want) <= 2e-5);
+                }
+            }
+            // embedding sum
+            auto e1 = rand_vec(n, 51), e2 = rand_vec(n, 52), e3 = rand_vec(n, 53);
+            std::vector<float> s(n + 1, 99.f);
+            kt.add3(s.data(), e1.data(), e2.data(), e3.data(), n);
+            for (std::ptrdiff_t i = 0; i < n; ++i) CHECK(s[i] == doctest::Approx(e1[i] + e2[i] + e3[i]).epsilon(1e-6));
+            CHECK(s[n] == 99.f);
+        }
+        // GELU accuracy over [-12, 12]
+        for (auto act : {bd::activation::gelu_erf, bd::activation::gelu_tanh}) {
+            std::vector<float> xs;
+            for (int i = -120000; i <= 120000; ++i) xs.push_back(float(i) * 1e-4f);
+            auto ys = xs;
+            kt.activate(ys.data(), static_cast<std::ptrdiff_t>(ys.size()), act);
+            double worst = 0;
+            for (std::size_t i = 0; i < xs.size(); ++i)
+                worst = std::max(worst, std::fabs(ys[i] - act_ref(xs[i], act)) / (1.0 + std::fabs(xs[i])));
+            CAPTURE(int(act));
+            CHECK(worst <= 1e-6);
+        }
+    }
+}
+
+TEST_CASE("kernels: thread pool runs every task exactly once, repeatedly") {
+    for (std::size_t threads : {1u, 2u, 4u}) {
+        bd::thread_pool pool(threads);
+        CHECK(pool.size() == threads);
+        for (int rep = 0; rep < 50; ++rep) {
+            std::vector<int> hits(37, 0);
+            std::atomic<bool> bad_slot{false};
+            pool.run(hits.size(), [&](std::size_t t, std::size_t slot) {
+                if (slot >= threads) bad_slot = true;
+                ++hits[t];
+            });
+            CHECK(!bad_slot);
+            for (int h : hits) CHECK(h == 1);
+        }
+    }
+}
