@@ -52,7 +52,8 @@ def test_reference_vectors_are_int8_and_close_to_fp32(int8_blob, blob_path):
     b = np.asarray(f.meta["verify.embeddings"]).reshape(a.shape)
     cos = (a * b).sum(1)
     assert cos.min() >= 0.99 and not np.array_equal(a, b)
-    assert q.meta["verify.tolerance"] == pytest.approx(2e-3)
+    assert q.meta["verify.tolerance"] == pytest.approx(1e-2)
+    assert q.meta["verify.min_cosine"] == pytest.approx(0.999)
 
 
 def test_refuses_a_quantized_blob(int8_blob, tmp_path):

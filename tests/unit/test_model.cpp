@@ -545,3 +545,39 @@ TEST_CASE("all-MiniLM-L6-v2: one model shared by many threads gives the same ans
     for (auto& th : threads) th.join();
     for (int t = 0; t < 4; ++t) CHECK(mismatches[t] == 0);
 }
+
+TEST_CASE("all-MiniLM-L6-v2 int8: loads in place, verifies and stays close to the fp32 goldens on every path") {
+    const std::string path = std::string(BERTLET_MODELS_DIR) + "/all-MiniLM-L6-v2.int8.bertlet";
+    const auto gold = read_goldens();
+    std::vector<std::string> texts;
+    for (const auto& g : gold) texts.push_back(g.text);
+    std::vector<std::vector<float>> first;
+    for (bertlet::isa a : bertlet::detail::available_isas()) {
+        CAPTURE(bertlet::isa_name(a));
+        bertlet::load_options lo;
+        lo.verify = true;
+        lo.arch = a;
+        const auto e = bertlet::embedder::load(path, lo);
+        CHECK(e.model_encoder().quantized());
+        CHECK(e.model_encoder().prepacked());
+        const auto got = e.embed_batch(texts);
+        for (std::size_t i = 0; i < gold.size(); ++i) {
+            double dot = 0, na = 0, nb = 0;
+            for (std::size_t k = 0; k < 384; ++k) {
+                dot += double(got[i][k]) * gold[i].embedding[k];
+                na += double(got[i][k]) * got[i][k];
+                nb += double(gold[i].embedding[k]) * gold[i].embedding[k];
+            }
+            CHECK(dot / std::sqrt(na * nb) >= 0.99);
+        }
+        if (first.empty()) {
+            first = got;
+        } else {  // the integer GEMMs are exact on every path; only fp32 rounding in LN/softmax/GELU differs
+            for (std::size_t i = 0; i < got.size(); ++i) {
+                double dot = 0;
+                for (std::size_t k = 0; k < 384; ++k) dot += double(got[i][k]) * first[i][k];
+                CHECK(dot >= 0.999);
+            }
+        }
+    }
+}

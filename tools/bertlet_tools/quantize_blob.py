@@ -12,8 +12,9 @@ layers that cost accuracy, and with them in fp32 the model meets cosine(int8, fp
 sentence.
 
 Reference vectors: the fp32 blob's `verify.texts` are re-run through a numpy model of the int8 kernels' exact math
-(`int8_sim.Sim`, integer sums exact, same quantization), stored as `verify.embeddings` with tolerance 2e-3 (float
-order differences can flip the rounding of an activation; a layout slip moves elements by ~1e-1).
+(`int8_sim.Sim`, integer sums exact, same quantization), stored as `verify.embeddings` with tolerance 1e-2 per element and
+`verify.min_cosine` 0.999 per text (float-order differences can flip the rounding of a quantized activation, which
+moves single elements by up to ~3e-3 and the cosine to ~0.9998; a layout slip drops the cosine far below).
 """
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ KINDS = {
 }
 ALIASES = {"output": "out", "intermediate": "inter", "attention_output": "attn_out"}
 DEFAULT_KEEP = ("value", "out")
-VERIFY_TOLERANCE = 2e-3
+VERIFY_TOLERANCE = 1e-2
+VERIFY_MIN_COSINE = 0.999
 
 
 class QuantizeError(Exception):
@@ -130,6 +132,7 @@ def quantize_blob(src: Path, checkpoint: Optional[Path], out: Path, keep_fp32: S
         figures["verify_min_cosine_vs_fp32"] = float(cos.min())
         meta["verify.embeddings"] = emb.reshape(-1)
         meta["verify.tolerance"] = VERIFY_TOLERANCE
+        meta["verify.min_cosine"] = VERIFY_MIN_COSINE
     elif "verify.texts" in meta:
         for k in ("verify.texts", "verify.embeddings", "verify.tolerance"):
             meta.pop(k, None)

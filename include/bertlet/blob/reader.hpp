@@ -607,7 +607,7 @@ inline void reader::parse_table() {
         t.type = static_cast<dtype>(dt);
         if (!layout_known(t.layout))
             fail(errc::bad_tensor, tq + " layout at offset " + n2s(dtype_pos + 4) +
-                                       ": expected 0 (row-major) or 1 (packed_n16), got " + n2s(t.layout) +
+                                       ": expected 0 (row-major), 1 (packed_n16) or 2 (s8p16k4), got " + n2s(t.layout) +
                                        " (unknown layout)");
         if (!quant_known(t.quant))
             fail(errc::bad_tensor, tq + " quant at offset " + n2s(dtype_pos + 8) + ": expected 0 or 1, got " + n2s(t.quant));
@@ -635,6 +635,16 @@ inline void reader::parse_table() {
                                            ": layout 1 (packed_n16) needs a 2-D f32 tensor, got " + t.shape_str() +
                                            " of " + dtype_name(t.type));
             if (!detail::packed_n16_nbytes(t.dims[0], t.dims[1], want_nbytes))
+                fail(errc::bad_tensor, tq + " at offset " + n2s(entry_pos) + ": packed shape " + t.shape_str() +
+                                           " overflows 64 bits");
+        }
+        if (t.layout == static_cast<std::uint32_t>(bertlet::blob::layout::s8p16k4)) {
+            if (t.type != dtype::i8 || t.ndim != 2 ||
+                t.quant != static_cast<std::uint32_t>(quant::per_row_symmetric))
+                fail(errc::bad_tensor, tq + " layout at offset " + n2s(dtype_pos + 4) +
+                                           ": layout 2 (s8p16k4) needs a 2-D i8 tensor with quant 1, got " +
+                                           t.shape_str() + " of " + dtype_name(t.type) + " quant " + n2s(t.quant));
+            if (!detail::s8p16k4_nbytes(t.dims[0], t.dims[1], want_nbytes))
                 fail(errc::bad_tensor, tq + " at offset " + n2s(entry_pos) + ": packed shape " + t.shape_str() +
                                            " overflows 64 bits");
         }
@@ -685,10 +695,23 @@ inline void reader::parse_table() {
         if (!s)
             fail(errc::bad_tensor, "tensor '" + std::string(t.name) + "' is per-row quantized but its scale tensor '" +
                                        sname + "' is missing");
-        if (s->type != dtype::f32 || s->quant != 0 || s->ndim != 1 || s->dims[0] != t.dims[0])
-            fail(errc::bad_tensor, "tensor '" + sname + "': expected f32 (" + n2s(t.dims[0]) + ") unquantized scales for '" +
+        // packed int8 weights carry scales padded to whole panels (the kernels read 16 at a time)
+        const bool packed = t.layout == static_cast<std::uint32_t>(bertlet::blob::layout::s8p16k4);
+        const std::uint64_t rows = packed ? (t.dims[0] + 15) / 16 * 16 : t.dims[0];
+        if (s->type != dtype::f32 || s->quant != 0 || s->layout != 0 || s->ndim != 1 || s->dims[0] != rows)
+            fail(errc::bad_tensor, "tensor '" + sname + "': expected f32 (" + n2s(rows) + ") unquantized scales for '" +
                                        std::string(t.name) + "', got " + dtype_name(s->type) + " " + s->shape_str() +
                                        (s->quant ? " quantized" : ""));
+        if (packed) {
+            const std::string rname = std::string(t.name) + ".row_sum";
+            const tensor_view* rs = find(rname);
+            if (!rs || rs->type != dtype::i32 || rs->quant != 0 || rs->layout != 0 || rs->ndim != 1 ||
+                rs->dims[0] != rows)
+                fail(errc::bad_tensor, "tensor '" + std::string(t.name) + "' (layout 2) needs '" + rname +
+                                           "' as i32 (" + n2s(rows) + ")" +
+                                           (rs ? ", got " + std::string(dtype_name(rs->type)) + " " + rs->shape_str()
+                                               : std::string(", which is missing")));
+        }
     }
 }
 

@@ -54,6 +54,8 @@ struct verify_report {
     std::size_t texts = 0;
     double max_abs_diff = 0.0;
     double tolerance = 0.0;
+    double min_cosine = 1.0;         ///< lowest cosine(got, reference) over the texts
+    double cosine_threshold = 0.0;   ///< verify.min_cosine from the blob (0 when absent)
 };
 
 class embedder {
@@ -171,6 +173,9 @@ public:
         verify_report rep;
         rep.texts = texts.size();
         rep.tolerance = tol;
+        // int8 blobs also bound the cosine: element-wise noise from activation rounding is larger there, while a
+        // layout slip still drops the cosine far below the threshold
+        rep.cosine_threshold = r.has("verify.min_cosine") ? r.get_f64("verify.min_cosine") : 0.0;
         embed_workspace ws;
         std::vector<float> got(dim());
         for (std::size_t t = 0; t < texts.size(); ++t) {
@@ -184,6 +189,19 @@ public:
                                           std::to_string(got[i]) + " (tolerance " + std::to_string(tol) + ")");
                 rep.max_abs_diff = std::max(rep.max_abs_diff, d);
             }
+            double ab = 0, aa = 0, bb = 0;
+            for (std::size_t i = 0; i < dim(); ++i) {
+                const double a = got[i], b = want[t * dim() + i];
+                ab += a * b;
+                aa += a * a;
+                bb += b * b;
+            }
+            const double cos = aa > 0 && bb > 0 ? ab / std::sqrt(aa * bb) : (aa == bb ? 1.0 : 0.0);
+            rep.min_cosine = std::min(rep.min_cosine, cos);
+            if (!(cos >= rep.cosine_threshold))
+                throw model_error(errc::verify_failed, src + ": reference text " + std::to_string(t) + ": cosine " +
+                                                           std::to_string(cos) + " is below verify.min_cosine " +
+                                                           std::to_string(rep.cosine_threshold));
         }
         return rep;
     }

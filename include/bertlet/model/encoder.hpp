@@ -24,6 +24,7 @@
 #include "bertlet/error.hpp"
 #include "bertlet/kernels/basic.hpp"
 #include "bertlet/kernels/dispatch.hpp"
+#include "bertlet/kernels/gemm_s8.hpp"
 #include "bertlet/model/config.hpp"
 
 namespace bertlet {
@@ -41,6 +42,8 @@ public:
         grow(ctx_, tokens * c.hidden_size);
         grow(tmp_, tokens * c.hidden_size);
         grow(inter_, tokens * c.intermediate_size);
+        const std::size_t s8 = gemm_s8_scratch_bytes(tokens, std::max(c.hidden_size, c.intermediate_size));
+        if (s8_.size() < s8) s8_.resize(s8);
         const std::size_t stride = thread_scratch_floats(max_len, c);
         if (stride > stride_ || threads > threads_) {
             stride_ = std::max(stride, stride_);
@@ -63,6 +66,7 @@ private:
         if (v.size() < n) v.resize(n);
     }
     std::vector<float> x_, q_, k_, v_, ctx_, tmp_, inter_, scratch_;
+    std::vector<std::uint8_t> s8_;  // int8 GEMM scratch (quantized activations + their scales)
     std::size_t stride_ = 0, threads_ = 0;
 };
 
@@ -78,6 +82,8 @@ struct layer_weights {
     const float *wq, *bq, *wk, *bk, *wv, *bv;
     const float *wo, *bo, *ln1_g, *ln1_b;
     const float *wi, *bi, *wo2, *bo2, *ln2_g, *ln2_b;
+    // int8 linears (layout 2 blobs): a view with data != nullptr replaces the f32 weight of the same linear
+    packed_s8 q8, k8, v8, o8, i8, o28;
 };
 
 struct dynamic_shape {
@@ -100,6 +106,7 @@ namespace detail {
 struct exec_context {
     const kernel_table* k = nullptr;
     thread_pool* pool = nullptr;  // null: run on the calling thread
+    s8_path s8 = s8_path::scalar;  // the int8 GEMM path that goes with k's ISA
 };
 }  // namespace detail
 
@@ -127,8 +134,16 @@ struct encoder_block {
         float* scratch = ws.scratch_.data();
         const std::size_t stride = ws.stride_;
 
-        auto linear = [&](const float* a, ptrdiff_t in, const float* wp, const float* b, ptrdiff_t out, float* y,
-                          const float* residual, detail::activation fn) {
+        auto linear = [&](const float* a, ptrdiff_t in, const float* wp, const packed_s8& w8, const float* b,
+                          ptrdiff_t out, float* y, const float* residual, detail::activation fn) {
+            if (w8.data) {  // int8 weights: dynamic per-token activation quantization, exact integer GEMM
+                gemm_s8(ex.s8, a, static_cast<std::size_t>(T), static_cast<std::size_t>(in),
+                        static_cast<std::size_t>(in), w8, b, y, static_cast<std::size_t>(out), ws.s8_.data());
+                if (residual)
+                    for (ptrdiff_t i = 0; i < T * out; ++i) y[i] += residual[i];
+                if (fn != detail::activation::none) K.activate(y, T * out, fn);
+                return;
+            }
             detail::gemm_args g;
             g.a = a;
             g.lda = in;
@@ -145,9 +160,9 @@ struct encoder_block {
             detail::gemm_parallel(K, ex.pool, g, scratch, stride);
         };
         const auto none = detail::activation::none;
-        linear(x, H, w.wq, w.bq, H, q, nullptr, none);
-        linear(x, H, w.wk, w.bk, H, k, nullptr, none);
-        linear(x, H, w.wv, w.bv, H, v, nullptr, none);
+        linear(x, H, w.wq, w.q8, w.bq, H, q, nullptr, none);
+        linear(x, H, w.wk, w.k8, w.bk, H, k, nullptr, none);
+        linear(x, H, w.wv, w.v8, w.bv, H, v, nullptr, none);
 
         // Attention, one task per (sequence, head): pack K_h and V_h into panels, then per tile of query rows
         // S = scale * Q_h K_h^T, row softmax, ctx_h = S V_h. Only a (tile rows x L) score block exists at a time.
@@ -198,10 +213,10 @@ struct encoder_block {
 
         const detail::activation fn =
             act == detail::gelu_kind::erf ? detail::activation::gelu_erf : detail::activation::gelu_tanh;
-        linear(ctx, H, w.wo, w.bo, H, tmp, x, none);        // tmp = attn_out + x
+        linear(ctx, H, w.wo, w.o8, w.bo, H, tmp, x, none);        // tmp = attn_out + x
         layernorm(K, ex, tmp, T, H, w.ln1_g, w.ln1_b, eps);  // tmp = LN(tmp)
-        linear(tmp, H, w.wi, w.bi, I, inter, nullptr, fn);  // inter = GELU(tmp Wi + bi)
-        linear(inter, I, w.wo2, w.bo2, H, x, tmp, none);    // x = ffn_out + tmp
+        linear(tmp, H, w.wi, w.i8, w.bi, I, inter, nullptr, fn);  // inter = GELU(tmp Wi + bi)
+        linear(inter, I, w.wo2, w.o28, w.bo2, H, x, tmp, none);    // x = ffn_out + tmp
         layernorm(K, ex, x, T, H, w.ln2_g, w.ln2_b, eps);    // x = LN(x)
     }
 
@@ -228,7 +243,7 @@ struct encoder_block {
 class encoder {
 public:
     encoder(const blob::reader& r, const bert_config& c, isa arch = detail::default_isa(), std::size_t threads = 1)
-        : cfg_(c), kernels_(&detail::kernels_for(arch)) {
+        : cfg_(c), kernels_(&detail::kernels_for(arch)), s8_(s8_path_for(arch)) {
         if (threads < 1 || threads > 1024)
             throw input_error(errc::bad_argument, "threads = " + std::to_string(threads) + " is outside 1..1024");
         if (threads > 1) pool_ = std::make_shared<detail::thread_pool>(threads);
@@ -242,19 +257,19 @@ public:
         for (std::size_t l = 0; l < c.num_layers; ++l) {
             const std::string p = "encoder.layer." + std::to_string(l) + ".";
             layer_weights w{};
-            w.wq = bind_linear(r, p + "attention.self.query.weight", H, H);
+            bind_any_linear(r, p + "attention.self.query.weight", H, H, w.wq, w.q8);
             w.bq = bind(r, p + "attention.self.query.bias", {H});
-            w.wk = bind_linear(r, p + "attention.self.key.weight", H, H);
+            bind_any_linear(r, p + "attention.self.key.weight", H, H, w.wk, w.k8);
             w.bk = bind(r, p + "attention.self.key.bias", {H});
-            w.wv = bind_linear(r, p + "attention.self.value.weight", H, H);
+            bind_any_linear(r, p + "attention.self.value.weight", H, H, w.wv, w.v8);
             w.bv = bind(r, p + "attention.self.value.bias", {H});
-            w.wo = bind_linear(r, p + "attention.output.dense.weight", H, H);
+            bind_any_linear(r, p + "attention.output.dense.weight", H, H, w.wo, w.o8);
             w.bo = bind(r, p + "attention.output.dense.bias", {H});
             w.ln1_g = bind(r, p + "attention.output.LayerNorm.weight", {H});
             w.ln1_b = bind(r, p + "attention.output.LayerNorm.bias", {H});
-            w.wi = bind_linear(r, p + "intermediate.dense.weight", I, H);
+            bind_any_linear(r, p + "intermediate.dense.weight", I, H, w.wi, w.i8);
             w.bi = bind(r, p + "intermediate.dense.bias", {I});
-            w.wo2 = bind_linear(r, p + "output.dense.weight", H, I);
+            bind_any_linear(r, p + "output.dense.weight", H, I, w.wo2, w.o28);
             w.bo2 = bind(r, p + "output.dense.bias", {H});
             w.ln2_g = bind(r, p + "output.LayerNorm.weight", {H});
             w.ln2_b = bind(r, p + "output.LayerNorm.bias", {H});
@@ -269,6 +284,8 @@ public:
     std::size_t threads() const noexcept { return pool_ ? pool_->size() : 1; }
     /// True if every linear weight came pre-packed from the blob (no packing work or copies at load).
     bool prepacked() const noexcept { return owned_.empty(); }
+    /// True if any linear weight is int8 (layout 2; docs/INT8.md).
+    bool quantized() const noexcept { return quantized_; }
 
     /// Runs the encoder over a packed batch. ids/type_ids hold `tokens` entries; seqs describe the sequences.
     /// Returns a pointer to the final hidden states [tokens, H] inside `ws` (valid until its next use).
@@ -307,7 +324,7 @@ public:
                                static_cast<std::ptrdiff_t>(H));
             }
         }
-        const detail::exec_context ex{kernels_, pool_.get()};
+        const detail::exec_context ex{kernels_, pool_.get(), s8_};
         encoder_block<dynamic_shape>::layernorm(*kernels_, ex, x, static_cast<std::ptrdiff_t>(tokens),
                                                 static_cast<std::ptrdiff_t>(H), emb_ln_g_, emb_ln_b_,
                                                 cfg_.layer_norm_eps);
@@ -361,6 +378,28 @@ private:
         return t.as<float>();
     }
 
+    /// A linear weight: int8 (layout 2, S8P16K4 with its .scale/.row_sum companions, used in place) or f32.
+    void bind_any_linear(const blob::reader& r, const std::string& name, std::size_t out, std::size_t in,
+                         const float*& f32, packed_s8& s8) {
+        const blob::tensor_view& t = find_shaped(r, name, {out, in});
+        if (t.layout != static_cast<std::uint32_t>(blob::layout::s8p16k4)) {
+            f32 = bind_linear(r, name, out, in);
+            return;
+        }
+        // the reader has checked dtype i8, quant 1, nbytes and the companions' dtypes and padded shapes
+        const std::size_t np = s8_pad_n(out);
+        const blob::tensor_view& sc = find_shaped(r, name + ".scale", {np});
+        const blob::tensor_view& rs = find_shaped(r, name + ".row_sum", {np});
+        s8.data = t.as<std::int8_t>();
+        s8.scales = sc.as<float>();
+        s8.row_sums = rs.as<std::int32_t>();
+        s8.n = out;
+        s8.k = in;
+        s8.k_padded = s8_pad_k(in);
+        f32 = nullptr;
+        quantized_ = true;
+    }
+
     /// A linear weight [out, in] as PACKED_N16 panels: used in place when the blob holds it packed (layout 1),
     /// packed once into memory owned by the encoder when it is row-major (layout 0).
     const float* bind_linear(const blob::reader& r, const std::string& name, std::size_t out, std::size_t in) {
@@ -386,6 +425,8 @@ private:
 
     bert_config cfg_;
     const detail::kernel_table* kernels_ = nullptr;
+    s8_path s8_ = s8_path::scalar;
+    bool quantized_ = false;
     std::shared_ptr<detail::thread_pool> pool_;
     std::vector<std::shared_ptr<std::vector<float>>> owned_;  // weights packed at load (row-major blobs only)
     const float* word_ = nullptr;
