@@ -20,6 +20,8 @@ struct options {
     bool jsonl = false;
     bool verify = false;
     std::size_t batch = 32;
+    std::size_t threads = 1;
+    std::string arch;                 // empty: the best path the CPU has (or $BERTLET_FORCE_ARCH)
     std::vector<std::string> texts;  // positional
 };
 
@@ -265,6 +267,16 @@ options parse(int argc, char** argv, const char* usage, Extra&& extra) {
             const unsigned long n = std::strtoul(v.c_str(), &end, 10);
             if (!end || *end || n == 0 || n > 100000) throw usage_error("--batch must be a number in 1..100000");
             o.batch = n;
+        } else if (a == "--threads") {
+            const std::string v = value("--threads");
+            char* end = nullptr;
+            const unsigned long n = std::strtoul(v.c_str(), &end, 10);
+            if (!end || *end || n == 0 || n > 1024) throw usage_error("--threads must be a number in 1..1024");
+            o.threads = n;
+        } else if (a == "--arch") {
+            o.arch = value("--arch");
+            if (o.arch != "scalar" && o.arch != "avx2" && o.arch != "avx512" && o.arch != "neon")
+                throw usage_error("--arch must be one of scalar, avx2, avx512, neon");
         } else if (extra(a, i, argc, argv)) {
             continue;
         } else if (a == "--") {
@@ -285,6 +297,19 @@ options parse(int argc, char** argv, const char* usage, Extra&& extra) {
 
 inline options parse(int argc, char** argv, const char* usage) {
     return parse(argc, argv, usage, [](const std::string&, int&, int, char**) { return false; });
+}
+
+/// Load options from the common flags (--verify, --threads, --arch).
+template <class LoadOptions>
+LoadOptions load_options_from(const options& o) {
+    LoadOptions lo;
+    lo.verify = o.verify;
+    lo.threads = o.threads;
+    if (o.arch == "scalar") lo.arch = bertlet::isa::scalar;
+    else if (o.arch == "avx2") lo.arch = bertlet::isa::avx2;
+    else if (o.arch == "avx512") lo.arch = bertlet::isa::avx512;
+    else if (o.arch == "neon") lo.arch = bertlet::isa::neon;
+    return lo;
 }
 
 /// Runs `body`, turning exceptions into a one-line reason on stderr and a non-zero exit code.

@@ -14,14 +14,15 @@ static const char* kUsage =
     "\n"
     "  --model FILE  a .bertlet blob (default: $BERTLET_MODEL)\n"
     "  --batch N     pairs embedded together (packed, no padding); default 32\n"
+    "  --threads N   intra-op threads per forward pass (default 1)\n"
+    "  --arch NAME   kernel path: scalar, avx2, avx512, neon (default: the best this CPU has)\n"
     "Errors go to stderr as one line; the exit code is 1 (error) or 2 (usage).\n";
 
 int main(int argc, char** argv) {
     return cli::run("bertlet-similarity", [&] {
         const cli::options o = cli::parse(argc, argv, kUsage);
         if (!o.texts.empty()) throw cli::usage_error("pairs are read from stdin; got positional arguments");
-        bertlet::load_options lo;
-        lo.verify = o.verify;
+        const auto lo = cli::load_options_from<bertlet::load_options>(o);
         const auto model = bertlet::embedder::load(o.model, lo);
         const std::size_t dim = model.dim();
         bertlet::embed_workspace ws;

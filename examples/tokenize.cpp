@@ -24,8 +24,7 @@ int main(int argc, char** argv) {
             if (a == "--tokens") return with_tokens = true;
             return false;
         });
-        bertlet::load_options lo;
-        lo.verify = o.verify;
+        const auto lo = cli::load_options_from<bertlet::load_options>(o);
         const auto model = bertlet::embedder::load(o.model, lo);
         const auto& tok = model.tokenizer();
         bertlet::encoding enc;

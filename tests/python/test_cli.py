@@ -61,3 +61,16 @@ def test_errors_are_one_line_with_nonzero_exit(tool, blob_path, tmp_path):
     assert badjson.returncode == 1 and "line 1" in badjson.stderr.decode()
     nopair = run([tool("bertlet-similarity"), "--model", str(blob_path)], "no tab here\n")
     assert nopair.returncode == 1 and "line 1" in nopair.stderr.decode()
+
+
+def test_threads_and_arch_flags(tool, blob_path):
+    base = run([tool("bertlet-embed"), "--model", str(blob_path), "A man is playing a guitar."])
+    two = run([tool("bertlet-embed"), "--model", str(blob_path), "--threads", "2", "--arch", "scalar",
+               "A man is playing a guitar."])
+    assert base.returncode == 0 and two.returncode == 0, two.stderr
+    a, b = json.loads(base.stdout)["embedding"], json.loads(two.stdout)["embedding"]
+    assert max(abs(x - y) for x, y in zip(a, b)) < 1e-5
+    assert run([tool("bertlet-embed"), "--model", str(blob_path), "--arch", "bogus", "x"]).returncode == 2
+    assert run([tool("bertlet-embed"), "--model", str(blob_path), "--threads", "0", "x"]).returncode == 2
+    neon = run([tool("bertlet-embed"), "--model", str(blob_path), "--arch", "neon", "x"])  # not on x86
+    assert neon.returncode == 1 and "[bertlet.input.400]" in neon.stderr.decode()
