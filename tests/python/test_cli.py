@@ -1,6 +1,7 @@
 """The example CLIs behave like command-line tools: --help, stdin or arguments, JSON lines, clear errors."""
 import json
 import math
+import platform
 import subprocess
 
 
@@ -72,5 +73,6 @@ def test_threads_and_arch_flags(tool, blob_path):
     assert max(abs(x - y) for x, y in zip(a, b)) < 1e-5
     assert run([tool("bertlet-embed"), "--model", str(blob_path), "--arch", "bogus", "x"]).returncode == 2
     assert run([tool("bertlet-embed"), "--model", str(blob_path), "--threads", "0", "x"]).returncode == 2
-    neon = run([tool("bertlet-embed"), "--model", str(blob_path), "--arch", "neon", "x"])  # not on x86
-    assert neon.returncode == 1 and "[bertlet.input.400]" in neon.stderr.decode()
+    if platform.machine() in ("x86_64", "AMD64"):  # a path this CPU lacks is a typed error, not a crash
+        neon = run([tool("bertlet-embed"), "--model", str(blob_path), "--arch", "neon", "x"])
+        assert neon.returncode == 1 and "[bertlet.input.400]" in neon.stderr.decode()
