@@ -7,4 +7,4 @@ GEN=(); command -v ninja >/dev/null && GEN=(-G Ninja)
 if [ ! -f "$BUILD/CMakeCache.txt" ]; then
   cmake -S "$ROOT" -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release "$@" >/dev/null
 fi
-cmake --build "$BUILD" -j "$(nproc)"
+cmake --build "$BUILD" -j "$(nproc)" ${BERTLET_BUILD_TARGET:+--target "$BERTLET_BUILD_TARGET"}

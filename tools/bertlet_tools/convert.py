@@ -39,7 +39,6 @@ Hugging Face is run with ``HF_HUB_OFFLINE=1`` (set here if unset): conversion ne
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -58,6 +57,7 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from . import blob  # noqa: E402
+from .util import sha256_file
 
 CONVERTER = "bertlet-convert 0.1.0"
 SUPPORTED_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh")
@@ -210,13 +210,6 @@ def find_weight_file(model_dir: Path) -> Path:
             raise ConversionError(f"{model_dir / idx}: sharded checkpoints are not supported")
     raise ConversionError(f"{model_dir}: no model.safetensors or pytorch_model.bin")
 
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_weights(path: Path) -> Dict[str, np.ndarray]:

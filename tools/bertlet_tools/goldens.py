@@ -41,7 +41,6 @@ written as the shortest decimal that round-trips the float32 value.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -54,6 +53,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
+from .util import sha256_file
 
 ORDER_DOC = "sentences[i] = sentence1 of pair i, sentences[n_pairs + i] = sentence2 of pair i"
 BATCH_SIZE = 64
@@ -124,13 +124,6 @@ def stsb_spearman(embeddings: np.ndarray, scores: np.ndarray) -> float:
     cos = cosine_rows(embeddings[:n], embeddings[n:])
     return float(spearmanr(cos, scores).correlation * 100.0)
 
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_model(ckpt: Path):  # -> SentenceTransformer
