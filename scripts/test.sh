@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: set-up, build, every test (ctest: C++ units incl. the real model; pytest: converter,
 # tokenizer parity on all of ../shared/data, embedding parity with Hugging Face on all of STS-B test),
-# then the unit tests again under ASan+UBSan.
+# then the unit tests again under ASan+UBSan and the threading tests under TSan.
 #   BERTLET_SKIP_SANITIZE=1  skip the sanitizer build (local iteration only; CI runs it)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,5 +21,8 @@ if [ "${BERTLET_SKIP_SANITIZE:-0}" != 1 ]; then
   echo "== unit tests under ASan+UBSan"
   BERTLET_BUILD_TARGET=bertlet_tests bash scripts/build.sh build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBERTLET_SANITIZE=address,undefined
   ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --test-dir build-asan -R '^unit$' --output-on-failure
+  echo "== thread tests under TSan"
+  BERTLET_BUILD_TARGET=bertlet_tests bash scripts/build.sh build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBERTLET_SANITIZE=thread
+  TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/bertlet_tests -tc='*thread*,*pool*'
 fi
 echo "== all tests passed"
