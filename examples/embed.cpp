@@ -29,19 +29,20 @@ int main(int argc, char** argv) {
         std::vector<std::string> batch;
         std::vector<float> out;
         std::string line_out;
-        bertlet::encoding enc;
+        std::vector<std::size_t> counts;
         auto flush = [&] {
             if (batch.empty()) return;
             out.resize(batch.size() * dim);
-            model.embed_batch(batch.data(), batch.size(), out.data(), ws);
+            counts.resize(batch.size());
+            model.embed_batch(batch.data(), batch.size(), out.data(), ws, bertlet::embedder::default_batch_tokens,
+                              counts.data());
             for (std::size_t i = 0; i < batch.size(); ++i) {
-                model.tokenizer().encode(batch[i], enc);
                 line_out.assign("{\"embedding\":[");
                 for (std::size_t k = 0; k < dim; ++k) {
                     if (k) line_out += ',';
                     cli::write_float(line_out, out[i * dim + k]);
                 }
-                line_out += "],\"tokens\":" + std::to_string(enc.size()) + "}\n";
+                line_out += "],\"tokens\":" + std::to_string(counts[i]) + "}\n";
                 std::fwrite(line_out.data(), 1, line_out.size(), stdout);
             }
             batch.clear();

@@ -348,7 +348,9 @@ TEST_CASE("batch embedding equals one-by-one embedding (packed sequences, no pad
     // a tiny chunk budget forces several forward passes; results must not change
     bertlet::embed_workspace ws;
     std::vector<float> chunked(texts.size() * e.dim());
-    e.embed_batch(texts.data(), texts.size(), chunked.data(), ws, 5);
+    std::vector<std::size_t> counts(texts.size(), 0);
+    e.embed_batch(texts.data(), texts.size(), chunked.data(), ws, 5, counts.data());
+    for (std::size_t i = 0; i < texts.size(); ++i) CHECK(counts[i] == e.tokenizer().encode(texts[i]).size());
     for (std::size_t i = 0; i < texts.size(); ++i)
         for (std::size_t k = 0; k < e.dim(); ++k) CHECK(chunked[i * e.dim() + k] == doctest::Approx(batch[i][k]).epsilon(1e-5));
 }

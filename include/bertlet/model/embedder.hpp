@@ -102,21 +102,30 @@ public:
     }
 
     /// Embeds n texts into out[n * dim()]. Sequences keep their exact lengths and are packed back to back (no
-    /// padding); work is split into chunks of at most `max_batch_tokens` tokens to bound memory.
+    /// padding); work is split into chunks of at most `max_batch_tokens` tokens to bound memory. If token_counts is
+    /// given, token_counts[i] receives the length of text i in tokens ([CLS]/[SEP] included).
+    static constexpr std::size_t default_batch_tokens = 8192;
+
     template <class StringLike>
     void embed_batch(const StringLike* texts, std::size_t n, float* out, embed_workspace& ws,
-                     std::size_t max_batch_tokens = 8192) const {
+                     std::size_t max_batch_tokens = default_batch_tokens, std::size_t* token_counts = nullptr) const {
         const std::size_t H = dim();
         std::size_t i = 0;
+        bool pending = false;  // ws.tok already holds texts[i] (it did not fit the previous chunk)
         while (i < n) {
             ws.ids.clear();
             ws.type_ids.clear();
             ws.spans.clear();
             const std::size_t first = i;
             while (i < n) {
-                s_->tok.encode(std::string_view(texts[i]), ws.tok);
+                if (!pending) s_->tok.encode(std::string_view(texts[i]), ws.tok);
+                pending = false;
                 const std::size_t len = ws.tok.ids.size();
-                if (!ws.spans.empty() && ws.ids.size() + len > max_batch_tokens) break;
+                if (!ws.spans.empty() && ws.ids.size() + len > max_batch_tokens) {
+                    pending = true;
+                    break;
+                }
+                if (token_counts) token_counts[i] = len;
                 ws.spans.push_back(sequence_span{ws.ids.size(), len});
                 ws.ids.insert(ws.ids.end(), ws.tok.ids.begin(), ws.tok.ids.end());
                 ws.type_ids.insert(ws.type_ids.end(), ws.tok.type_ids.begin(), ws.tok.type_ids.end());
