@@ -223,6 +223,7 @@ double max_abs_diff(const float* a, const std::vector<double>& b) {
 TEST_CASE("encoder matches a naive double-precision reference for several shapes and heads") {
     struct shape_case { std::size_t H, heads, I, L; const char* pooling; bool normalize; };
     for (const auto& c : {shape_case{16, 4, 32, 2, "mean", true}, shape_case{24, 3, 40, 3, "cls", false},
+                          shape_case{64, 2, 96, 2, "mean", true},  // H % 32 == 0: fused Q|K|V GEMM, dynamic shape
                           shape_case{384, 12, 1536, 1, "mean", true}}) {
         CAPTURE(c.H);
         tiny_spec s;

@@ -152,7 +152,76 @@ BERTLET_TARGET_AVX512 void tile_mr(const tile_args& t) {
     }
 }
 
+// GCC 12's AVX-512 shuffle/unpack intrinsics self-initialize an undefined operand (GCC PR 105593), which
+// -Wmaybe-uninitialized reports once inlined; it is not a real read.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+/// 16x16 transpose of r[0..15] in place (unpack 32/64-bit, then two 128-bit lane shuffles).
+BERTLET_TARGET_AVX512 inline void transpose16(__m512 r[16]) {
+    __m512 t[16];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) {
+        const __m512d a0 = _mm512_castps_pd(t[4 * i]), a1 = _mm512_castps_pd(t[4 * i + 1]);
+        const __m512d a2 = _mm512_castps_pd(t[4 * i + 2]), a3 = _mm512_castps_pd(t[4 * i + 3]);
+        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, a2));
+        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, a2));
+        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, a3));
+        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, a3));
+    }
+    // r[4i + j] now holds, for rows 4i..4i+3, columns {j, j+4, j+8, j+12} (one per 128-bit lane)
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) {
+        const __m512 a = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88);      // lanes 0,2 of rows 0-3 | 4-7
+        const __m512 b = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);  // same for rows 8-11 | 12-15
+        const __m512 c = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xDD);      // lanes 1,3
+        const __m512 d = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xDD);
+        t[j] = _mm512_shuffle_f32x4(a, b, 0x88);       // column j
+        t[8 + j] = _mm512_shuffle_f32x4(a, b, 0xDD);   // column j + 8
+        t[4 + j] = _mm512_shuffle_f32x4(c, d, 0x88);   // column j + 4
+        t[12 + j] = _mm512_shuffle_f32x4(c, d, 0xDD);  // column j + 12
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i) r[i] = t[i];
+}
+
+/// pack_a_panel<12> with 16x16 register transposes for full panels (scalar loop for the k tail and short panels).
+BERTLET_TARGET_AVX512 inline void pack_a12(const float* src, std::ptrdiff_t lda, std::ptrdiff_t kc, int rows, int mr,
+                                           float* ap) {
+    if (rows != 12 || mr != 12) {
+        pack_a_panel<12>(src, lda, kc, rows, mr, ap);
+        return;
+    }
+    std::ptrdiff_t k = 0;
+    for (; k + 16 <= kc; k += 16) {
+        __m512 r[16];
+#pragma GCC unroll 12
+        for (int i = 0; i < 12; ++i) r[i] = _mm512_loadu_ps(src + i * lda + k);
+#pragma GCC unroll 4
+        for (int i = 12; i < 16; ++i) r[i] = _mm512_setzero_ps();
+        transpose16(r);
+#pragma GCC unroll 16
+        for (int j = 0; j < 16; ++j) _mm512_mask_storeu_ps(ap + (k + j) * 12, 0x0FFF, r[j]);
+    }
+    for (; k < kc; ++k)
+        for (int i = 0; i < 12; ++i) ap[k * 12 + i] = src[i * lda + k];
+}
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
 struct traits {
+    static void pack(const float* src, std::ptrdiff_t lda, std::ptrdiff_t kc, int rows, int mr, float* ap) {
+        pack_a12(src, lda, kc, rows, mr, ap);
+    }
     static constexpr int MR = 12;
     static constexpr int MR_STEP = 4;
     static constexpr int NP = 2;

@@ -27,6 +27,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 namespace bertlet::detail {
@@ -95,6 +96,17 @@ struct gemm_args {
     std::ptrdiff_t ldc = 0;
     std::ptrdiff_t m = 0, n = 0, k = 0;
     epilogue ep;
+    // Optional: B made of up to 4 separately stored packed weights of seg_panels panels each (panel p lives at
+    // bseg[p / seg_panels] + (p % seg_panels) * 16 * k), so Q, K and V run as one GEMM over their concatenated
+    // outputs without copying the weights. seg_panels must be a multiple of the micro-kernel's panel count (2).
+    const float* bseg[4] = {nullptr, nullptr, nullptr, nullptr};
+    std::ptrdiff_t seg_panels = 0;
+
+    /// Start of packed panel p of B.
+    const float* panel(std::ptrdiff_t p) const noexcept {
+        const std::ptrdiff_t ps = panel_width * k;
+        return seg_panels ? bseg[p / seg_panels] + (p % seg_panels) * ps : b + p * ps;
+    }
 };
 
 /// One micro-kernel call: an MR x (16*NP) tile of C over one K block.
@@ -148,6 +160,12 @@ constexpr std::size_t gemm_scratch_floats() noexcept {
     return static_cast<std::size_t>((gemm_mc + gemm_max_mr) * gemm_kc);
 }
 
+/// Traits may bring their own A packer (same contract as pack_a_panel<MR>), e.g. with SIMD transposes.
+template <class T, class = void>
+struct has_fast_pack : std::false_type {};
+template <class T>
+struct has_fast_pack<T, std::void_t<decltype(&T::pack)>> : std::true_type {};
+
 /// The blocking driver. Traits: MR (rows per micro-kernel), MR_STEP (tail rows are rounded up to a multiple of it),
 /// NP (panels per micro-kernel) and tile(const tile_args&, int mr, int np), compiled for its ISA.
 /// Computes rows [m0, m1) and panels [p0, p1) of C. scratch: gemm_scratch_floats() floats.
@@ -173,7 +191,10 @@ void gemm_blocked(const gemm_args& g, std::ptrdiff_t m0, std::ptrdiff_t m1, std:
             for (std::ptrdiff_t i0 = 0; i0 < mlen; i0 += MR) {
                 const int rows = static_cast<int>(std::min<std::ptrdiff_t>(MR, mlen - i0));
                 const int mr = (rows + STEP - 1) / STEP * STEP;
-                pack_a_panel<MR>(g.a + (mb + i0) * g.lda + k0, g.lda, kc, rows, mr, ap);
+                if constexpr (has_fast_pack<Traits>::value)
+                    Traits::pack(g.a + (mb + i0) * g.lda + k0, g.lda, kc, rows, mr, ap);
+                else
+                    pack_a_panel<MR>(g.a + (mb + i0) * g.lda + k0, g.lda, kc, rows, mr, ap);
                 ap += mr * kc;
             }
             const std::ptrdiff_t nrb = (mlen + MR - 1) / MR;
@@ -189,7 +210,7 @@ void gemm_blocked(const gemm_args& g, std::ptrdiff_t m0, std::ptrdiff_t m1, std:
                     const int mr = (rows + STEP - 1) / STEP * STEP;
                     tile_args t;
                     t.ap = ap_i;
-                    t.b = g.b + p * pstride + k0 * panel_width;
+                    t.b = g.panel(p) + k0 * panel_width;
                     t.pstride = pstride;
                     t.kc = kc;
                     t.c = g.c + (mb + i0) * g.ldc + col0;
@@ -204,7 +225,7 @@ void gemm_blocked(const gemm_args& g, std::ptrdiff_t m0, std::ptrdiff_t m1, std:
                     t.pf_n = pn < p1 ? std::max<std::ptrdiff_t>(0, std::min(pf_per, kc - pf0)) : 0;
                     for (int j = 0; j < 2; ++j) {
                         const std::ptrdiff_t pj = std::min(pn + (j < NP ? j : 0), p1 - 1);
-                        t.pf[j] = g.b + pj * pstride + (k0 + pf0) * panel_width;
+                        t.pf[j] = g.panel(pj) + (k0 + pf0) * panel_width;
                     }
                     Traits::tile(t, mr, np);
                     ap_i += mr * kc;

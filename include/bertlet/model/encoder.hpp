@@ -36,7 +36,7 @@ public:
     /// threads: the encoder's intra-op thread count (each thread gets its own GEMM / attention scratch).
     void reserve(std::size_t tokens, std::size_t max_len, const bert_config& c, std::size_t threads = 1) {
         grow(x_, tokens * c.hidden_size);
-        grow(q_, tokens * c.hidden_size);
+        grow(q_, tokens * c.hidden_size * 3);  // Q|K|V side by side when the encoder fuses their GEMMs
         grow(k_, tokens * c.hidden_size);
         grow(v_, tokens * c.hidden_size);
         grow(ctx_, tokens * c.hidden_size);
@@ -84,6 +84,8 @@ struct layer_weights {
     const float *wi, *bi, *wo2, *bo2, *ln2_g, *ln2_b;
     // int8 linears (layout 2 blobs): a view with data != nullptr replaces the f32 weight of the same linear
     packed_s8 q8, k8, v8, o8, i8, o28;
+    // Q, K and V as one GEMM (f32 weights whose panel count is even): bqkv = [bq | bk | bv], owned by the encoder
+    const float* bqkv = nullptr;
 };
 
 struct dynamic_shape {
@@ -160,9 +162,30 @@ struct encoder_block {
             detail::gemm_parallel(K, ex.pool, g, scratch, stride);
         };
         const auto none = detail::activation::none;
-        linear(x, H, w.wq, w.q8, w.bq, H, q, nullptr, none);
-        linear(x, H, w.wk, w.k8, w.bk, H, k, nullptr, none);
-        linear(x, H, w.wv, w.v8, w.bv, H, v, nullptr, none);
+        ptrdiff_t ldqkv = H;  // row stride of Q, K and V
+        if (w.bqkv) {  // one GEMM over [Wq; Wk; Wv]: A is packed once, outputs side by side in q: [T, 3H]
+            detail::gemm_args g;
+            g.a = x;
+            g.lda = H;
+            g.bseg[0] = w.wq;
+            g.bseg[1] = w.wk;
+            g.bseg[2] = w.wv;
+            g.seg_panels = detail::panels_of(H);
+            g.c = q;
+            g.ldc = 3 * H;
+            g.m = T;
+            g.n = 3 * H;
+            g.k = H;
+            g.ep.bias = w.bqkv;
+            detail::gemm_parallel(K, ex.pool, g, scratch, stride);
+            k = q + H;
+            v = q + 2 * H;
+            ldqkv = 3 * H;
+        } else {
+            linear(x, H, w.wq, w.q8, w.bq, H, q, nullptr, none);
+            linear(x, H, w.wk, w.k8, w.bk, H, k, nullptr, none);
+            linear(x, H, w.wv, w.v8, w.bv, H, v, nullptr, none);
+        }
 
         // Attention, one task per (sequence, head): pack K_h and V_h into panels, then per tile of query rows
         // S = scale * Q_h K_h^T, row softmax, ctx_h = S V_h. Only a (tile rows x L) score block exists at a time.
@@ -178,13 +201,13 @@ struct encoder_block {
             float* kp = gs + detail::gemm_scratch_floats();
             float* vp = kp + detail::packed_n16_size(static_cast<std::size_t>(L), static_cast<std::size_t>(D));
             float* sc = vp + detail::packed_n16_size(static_cast<std::size_t>(D), static_cast<std::size_t>(L));
-            detail::pack_n16(k + off * H + h * D, L, D, H, kp);   // K_h as a weight [L outputs, D inputs]
-            detail::pack_kn16(v + off * H + h * D, L, D, H, vp);  // V_h as B [L, D]
+            detail::pack_n16(k + off * ldqkv + h * D, L, D, ldqkv, kp);   // K_h as a weight [L outputs, D inputs]
+            detail::pack_kn16(v + off * ldqkv + h * D, L, D, ldqkv, vp);  // V_h as B [L, D]
             for (ptrdiff_t q0 = 0; q0 < L; q0 += QT) {
                 const ptrdiff_t qt = std::min(QT, L - q0);
                 detail::gemm_args g1;
-                g1.a = q + (off + q0) * H + h * D;
-                g1.lda = H;
+                g1.a = q + (off + q0) * ldqkv + h * D;
+                g1.lda = ldqkv;
                 g1.b = kp;
                 g1.c = sc;
                 g1.ldc = L;
@@ -273,6 +296,16 @@ public:
             w.bo2 = bind(r, p + "output.dense.bias", {H});
             w.ln2_g = bind(r, p + "output.LayerNorm.weight", {H});
             w.ln2_b = bind(r, p + "output.LayerNorm.bias", {H});
+            // fused only when each weight is a whole number of 2-panel tiles (H % 32 == 0): output panels then
+            // line up with the [Q | K | V] columns and a micro-kernel tile never straddles two weights
+            if (w.wq && w.wk && w.wv && H % (2 * detail::panel_width) == 0) {
+                auto b = std::make_shared<std::vector<float>>(3 * H);
+                std::copy(w.bq, w.bq + H, b->data());
+                std::copy(w.bk, w.bk + H, b->data() + H);
+                std::copy(w.bv, w.bv + H, b->data() + 2 * H);
+                w.bqkv = b->data();
+                owned_bias_.push_back(b);
+            }
             layers_.push_back(w);
         }
     }
@@ -429,6 +462,7 @@ private:
     bool quantized_ = false;
     std::shared_ptr<detail::thread_pool> pool_;
     std::vector<std::shared_ptr<std::vector<float>>> owned_;  // weights packed at load (row-major blobs only)
+    std::vector<std::shared_ptr<std::vector<float>>> owned_bias_;  // concatenated Q|K|V biases (3 H per layer)
     const float* word_ = nullptr;
     const float* pos_ = nullptr;
     const float* type_ = nullptr;
