@@ -190,6 +190,49 @@ def test_rowmajor_layout_option(model_dir: Path, tmp_path: Path, converted: blob
         assert b.array(t.name).tobytes() == _logical(converted, ref).tobytes(), t.name
 
 
+def test_f16_word_embeddings_option(model_dir: Path, tmp_path: Path, converted: blob.Blob, st_model, tool) -> None:
+    """--word-embeddings f16: the table is stored as f16 (round to nearest even), everything else is unchanged, the
+    reference vectors come from the same network (HF with the f16-rounded table), and the C++ loader passes
+    --verify with them while staying within 1e-4 of the full-precision model."""
+    import subprocess
+
+    out = tmp_path / "f16.bertlet"
+    conv.convert(model_dir, out, progress=False, word_embeddings="f16")
+    b = blob.decode(out.read_bytes())
+    name = "embeddings.word_embeddings.weight"
+    t = next(x for x in b.tensors if x.name == name)
+    assert t.dtype == blob.DT_F16 and t.layout == 0
+    full = _logical(converted, next(x for x in converted.tensors if x.name == name))
+    np.testing.assert_array_equal(b.array(name), full.astype(np.float16).astype(np.float32))
+    for t2 in b.tensors:
+        if t2.name != name:
+            ref = next(x for x in converted.tensors if x.name == t2.name)
+            assert t2.dtype == ref.dtype and t2.layout == ref.layout, t2.name
+    assert b.meta["general.word_embeddings"] == "f16"
+    saved = sum(x.nbytes for x in converted.tensors) - sum(x.nbytes for x in b.tensors)
+    assert saved == full.size * 2
+    texts = converted.meta["verify.texts"]
+    emb16 = b.meta["verify.embeddings"].reshape(len(texts), H)
+    emb32 = converted.meta["verify.embeddings"].reshape(len(texts), H)
+    assert 0 < np.abs(emb16 - emb32).max() < 1e-4  # a different network, but barely
+    run = subprocess.run([tool("bertlet-embed"), "--model", str(out), "--verify", "--jsonl"], input="\n".join(
+        json.dumps({"text": x}) for x in texts[:3]) + "\n", capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    got = np.array([json.loads(line)["embedding"] for line in run.stdout.splitlines()], dtype=np.float32)
+    np.testing.assert_allclose(got, emb16[:3], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got, emb32[:3], rtol=0, atol=1e-4)
+
+
+def test_f16_word_embeddings_refuses_out_of_range(converted: blob.Blob) -> None:
+    bad = np.zeros((4, 3), np.float32)
+    bad[2, 1] = 1e6
+    with pytest.raises(conv.ConversionError, match=r"element 7 \(row 2\).*f16 range"):
+        conv.word_embeddings_f16(blob.Tensor("embeddings.word_embeddings.weight", bad))
+    bad[2, 1] = np.nan
+    with pytest.raises(conv.ConversionError, match="non-finite"):
+        conv.word_embeddings_f16(blob.Tensor("embeddings.word_embeddings.weight", bad))
+
+
 def test_reference_vectors_equal_sentence_transformers(converted: blob.Blob, st_model) -> None:
     texts = converted.meta["verify.texts"]
     emb = converted.meta["verify.embeddings"].reshape(len(texts), H)

@@ -81,6 +81,7 @@ struct blob_hooks {
     std::string reshape_tensor;
     std::size_t vocab_size_override = 0;
     bool pack_linear = false;  // write the encoder's 2-D linear weights as layout 1 (PACKED_N16), like the converter
+    const std::vector<std::uint16_t>* word_f16 = nullptr;  // write the word embeddings as these f16 values
 };
 
 std::vector<std::byte> tiny_blob(const tiny_model& m, const blob_hooks& hk = {}) {
@@ -120,6 +121,10 @@ std::vector<std::byte> tiny_blob(const tiny_model& m, const blob_hooks& hk = {})
         if (name == hk.reshape_tensor) {  // same bytes, transposed-looking shape
             std::swap(dims.front(), dims.back());
             if (dims.size() == 1) { dims = {1, dims[0]}; }
+        }
+        if (hk.word_f16 && name == "embeddings.word_embeddings.weight") {
+            w.add_tensor(name, bertlet::blob::dtype::f16, 0, 0, dims, hk.word_f16->data(), hk.word_f16->size() * 2);
+            continue;
         }
         if (hk.pack_linear && dims.size() == 2 && name.rfind("encoder.layer.", 0) == 0) {
             std::vector<float> packed(bertlet::detail::packed_n16_size(dims[0], dims[1]));
@@ -248,6 +253,43 @@ TEST_CASE("encoder matches a naive double-precision reference for several shapes
                 e.embed(text, got.data(), ws);
                 CHECK(max_abs_diff(got.data(), reference_embed(m, enc.ids)) < 2e-5);
             }
+        }
+    }
+}
+
+TEST_CASE("f16 word embeddings give exactly the f32 model's results (every path)") {
+    tiny_spec s;
+    s.H = 64;
+    s.heads = 2;
+    s.I = 96;
+    auto m = make_tiny(s);
+    // word embeddings drawn as f16 bit patterns (normal numbers of either sign, |x| in [2^-9, 2)); the f32 model
+    // holds the same values widened, so both blobs describe the same network
+    auto& wf = m.w.at("embeddings.word_embeddings.weight");
+    std::vector<std::uint16_t> h(wf.size());
+    std::mt19937 rng(11);
+    for (std::size_t i = 0; i < h.size(); ++i) {
+        const std::uint16_t exp = static_cast<std::uint16_t>(6 + rng() % 10);  // biased exponent 6..15
+        h[i] = static_cast<std::uint16_t>((rng() & 1u) << 15 | exp << 10 | (rng() & 0x3FFu));
+        wf[i] = bertlet::detail::f16_to_f32(h[i]);
+    }
+    blob_hooks f16;
+    f16.word_f16 = &h;
+    f16.pack_linear = true;
+    blob_hooks f32;
+    f32.pack_linear = true;
+    const auto bytes16 = tiny_blob(m, f16), bytes32 = tiny_blob(m, f32);
+    CHECK(bytes16.size() < bytes32.size());
+    for (const auto arch : bertlet::detail::available_isas()) {
+        CAPTURE(bertlet::isa_name(arch));
+        bertlet::load_options lo;
+        lo.arch = arch;
+        const auto a = bertlet::embedder::from_bytes(bytes32, lo);
+        const auto b = bertlet::embedder::from_bytes(bytes16, lo);
+        for (const char* text : {"the cat sat on the mat.", "dogs running!", ""}) {
+            CAPTURE(text);
+            CHECK(a.embed(text) == b.embed(text));
+            CHECK(max_abs_diff(b.embed(text).data(), reference_embed(m, b.tokenizer().encode(text).ids)) < 2e-5);
         }
     }
 }

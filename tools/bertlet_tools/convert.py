@@ -578,8 +578,20 @@ def verify_texts(max_length: int) -> List[str]:
     ]
 
 
-def reference_vectors(pipe: Pipeline, texts: Sequence[str], max_length: int) -> np.ndarray:
-    """The real sentence-transformers (or transformers + the same pooling) outputs, one text at a time."""
+def _round_word_embeddings_f16(module) -> None:
+    """Rounds a BertModel's word-embedding table to f16 values in place (what an f16 blob stores)."""
+    import torch
+
+    w = module.embeddings.word_embeddings.weight
+    with torch.no_grad():
+        w.copy_(w.to(torch.float16).to(torch.float32))
+
+
+def reference_vectors(pipe: Pipeline, texts: Sequence[str], max_length: int,
+                      word_embeddings_f16: bool = False) -> np.ndarray:
+    """The real sentence-transformers (or transformers + the same pooling) outputs, one text at a time.
+    word_embeddings_f16: run the network the blob describes when its word embeddings are stored as f16 (the table
+    rounded to f16 values, everything else unchanged)."""
     import torch
 
     if pipe.sentence_transformers:
@@ -596,6 +608,8 @@ def reference_vectors(pipe: Pipeline, texts: Sequence[str], max_length: int) -> 
         got_mode = model[1].get_pooling_mode_str()
         if got_mode != pipe.pooling_mode:
             raise ConversionError(f"sentence-transformers pools with {got_mode!r}, converter read {pipe.pooling_mode!r}")
+        if word_embeddings_f16:
+            _round_word_embeddings_f16(model[0].auto_model)
         long_ids = model.tokenize([texts[4]])["input_ids"]
         if long_ids.shape[1] != max_length:
             raise ConversionError(f"the long verify text has {long_ids.shape[1]} tokens, expected truncation to "
@@ -609,6 +623,8 @@ def reference_vectors(pipe: Pipeline, texts: Sequence[str], max_length: int) -> 
 
     tok = AutoTokenizer.from_pretrained(str(pipe.transformer_dir), clean_up_tokenization_spaces=True)
     model = AutoModel.from_pretrained(str(pipe.transformer_dir), add_pooling_layer=False).eval()
+    if word_embeddings_f16:
+        _round_word_embeddings_f16(model)
     rows = []
     with torch.no_grad():
         for t in tqdm(texts, desc="reference vectors (transformers)", unit="text"):
@@ -680,13 +696,16 @@ def lambda_summary(blob_bytes: int, zipped_bytes: int) -> List[str]:
 
 
 def convert(ckpt_dir: Path, out: Path, name: Optional[str] = None, verify_vectors: bool = True,
-            dtype: str = "f32", progress: bool = True, layout: str = "packed") -> Result:
+            dtype: str = "f32", progress: bool = True, layout: str = "packed",
+            word_embeddings: str = "f32") -> Result:
     ckpt_dir = Path(ckpt_dir)
     out = Path(out)
     if dtype != "f32":
         raise ConversionError(f"--dtype {dtype!r}: only f32 is supported by this converter version")
     if layout not in ("packed", "rowmajor"):
         raise ConversionError(f"--layout {layout!r}: expected packed or rowmajor")
+    if word_embeddings not in ("f32", "f16"):
+        raise ConversionError(f"--word-embeddings {word_embeddings!r}: expected f32 or f16")
     if not ckpt_dir.is_dir():
         raise ConversionError(f"{ckpt_dir}: not a directory")
     pipe = read_pipeline(ckpt_dir)
@@ -716,6 +735,8 @@ def convert(ckpt_dir: Path, out: Path, name: Optional[str] = None, verify_vector
     del raw
     if layout == "packed":
         tensors = [PackedTensor(t.name, t.data) if _PACKED_LINEAR.match(t.name) else t for t in tensors]
+    if word_embeddings == "f16":
+        tensors = [word_embeddings_f16(t) if t.name == WORD_EMBEDDINGS else t for t in tensors]
     if pipe.pooling_dim is not None and pipe.pooling_dim != cfg.hidden_size:
         raise ConversionError(f"{pipe.pooling_config}: word_embedding_dimension {pipe.pooling_dim} "
                               f"!= hidden_size {cfg.hidden_size} in {tdir / 'config.json'}")
@@ -754,19 +775,38 @@ def convert(ckpt_dir: Path, out: Path, name: Optional[str] = None, verify_vector
     }
     if verify_vectors:
         texts = verify_texts(max_length)
-        emb = reference_vectors(pipe, texts, max_length)
+        emb = reference_vectors(pipe, texts, max_length, word_embeddings_f16=word_embeddings == "f16")
         if emb.shape != (len(texts), cfg.hidden_size) or not np.all(np.isfinite(emb)):
             raise ConversionError(f"reference vectors have shape {emb.shape} (expected ({len(texts)}, "
                                   f"{cfg.hidden_size})) or are not finite")
         meta["verify.texts"] = texts
         meta["verify.embeddings"] = emb.reshape(-1).astype(np.float32)
         meta["verify.tolerance"] = VERIFY_TOLERANCE
+    if word_embeddings == "f16":
+        meta["general.word_embeddings"] = "f16"
 
     data = blob.encode(meta, tensors)
     zipped = len(zlib.compress(data, 6))
     atomic_write(out, data, progress)
     n_params = int(sum(t.data.size for t in tensors))
     return Result(out, meta, len(tensors), n_params, len(data), zipped, ignored)
+
+
+WORD_EMBEDDINGS = "embeddings.word_embeddings.weight"
+F16_MAX = 65504.0
+
+
+def word_embeddings_f16(t: "blob.Tensor") -> "blob.Tensor":
+    """The word-embedding table as an f16 tensor (round to nearest even). Refuses values f16 cannot hold."""
+    d = np.asarray(t.data, dtype=np.float32)
+    if not np.all(np.isfinite(d)):
+        raise ConversionError(f"tensor '{t.name}': holds non-finite values")
+    big = np.abs(d) > F16_MAX
+    if big.any():
+        i = int(np.argmax(big))
+        raise ConversionError(f"tensor '{t.name}': element {i} (row {i // d.shape[1]}) = {float(d.flat[i])!r} "
+                              f"exceeds the f16 range (|x| <= {F16_MAX})")
+    return blob.Tensor(t.name, d.astype(np.float16), dtype=blob.DT_F16)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -786,6 +826,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", choices=["packed", "rowmajor"], default="packed",
                    help="packed (default): encoder linear weights pre-packed for the GEMM kernels (layout 1, "
                         "PACKED_N16); rowmajor: every tensor row-major (layout 0; packed at load instead)")
+    p.add_argument("--word-embeddings", choices=["f32", "f16"], default="f32",
+                   help="storage of the word-embedding table (the largest tensor: 47 MB of MiniLM's 91 MB): f16 "
+                        "halves it; rows are widened exactly at lookup, and the reference vectors come from the "
+                        "Hugging Face model with the same f16-rounded table")
     return p
 
 
@@ -793,7 +837,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
         r = convert(args.checkpoint, args.output, name=args.name, verify_vectors=not args.no_verify_vectors,
-                    dtype=args.dtype, layout=args.layout)
+                    dtype=args.dtype, layout=args.layout, word_embeddings=args.word_embeddings)
     except ConversionError as e:
         print(f"bertlet-convert: error: {e}", file=sys.stderr)
         return 1
@@ -805,7 +849,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"  tokenizer: max_length {m['tokenizer.max_length']}, lowercase {m['tokenizer.lowercase']}, "
           f"strip_accents {m['tokenizer.strip_accents']}; pooling {m['pooling.mode']}"
           f"{' + L2 normalize' if m['pooling.normalize'] else ''}")
-    print(f"  tensors: {r.n_tensors}, parameters: {r.n_params:,} (f32)")
+    print(f"  tensors: {r.n_tensors}, parameters: {r.n_params:,}"
+          f" (word embeddings {m.get('general.word_embeddings', 'f32')}, the rest f32)")
     print(f"  verify vectors: {len(m['verify.texts']) if 'verify.texts' in m else 'none'}")
     print(f"  blob size: {r.blob_bytes / 1e6:.1f} MB ({r.blob_bytes / 2**20:.1f} MiB, {r.blob_bytes:,} bytes)")
     for line in lambda_summary(r.blob_bytes, r.zipped_bytes):

@@ -224,6 +224,13 @@ BERTLET_TARGET_AVX2 inline void add3(float* out, const float* a, const float* b,
                 n - i);
 }
 
+BERTLET_TARGET_AVX2 inline void cvt_f16(float* out, const std::uint16_t* in, std::ptrdiff_t n) {
+    std::ptrdiff_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i))));
+    for (; i < n; ++i) out[i] = f16_to_f32(in[i]);  // exact either way
+}
+
 }  // namespace bertlet::detail::avx2
 
 #endif

@@ -318,6 +318,13 @@ BERTLET_TARGET_AVX512 inline void add3(float* out, const float* a, const float* 
     }
 }
 
+BERTLET_TARGET_AVX512 inline void cvt_f16(float* out, const std::uint16_t* in, std::ptrdiff_t n) {
+    for (std::ptrdiff_t i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask(n - i);
+        _mm512_mask_storeu_ps(out + i, m, _mm512_maskz_cvtph_ps(m, _mm256_maskz_loadu_epi16(m, in + i)));
+    }
+}
+
 }  // namespace bertlet::detail::avx512
 
 #endif

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -36,6 +37,8 @@ struct kernel_table {
     void (*activate)(float* x, std::ptrdiff_t n, activation a) = nullptr;
     /// out = a + b + c (the embedding sum).
     void (*add3)(float* out, const float* a, const float* b, const float* c, std::ptrdiff_t n) = nullptr;
+    /// out = float(in), IEEE binary16 -> binary32 (exact; f16 word-embedding rows).
+    void (*cvt_f16)(float* out, const std::uint16_t* in, std::ptrdiff_t n) = nullptr;
 };
 
 /// Whether this build carries a path (independently of the CPU).
@@ -63,27 +66,27 @@ inline const kernel_table& kernels_for(isa a) {
 #if defined(BERTLET_HAVE_AVX2_PATH)
         case isa::avx2: {
             static const kernel_table t{isa::avx2, avx2::gemm, avx2::layernorm, avx2::softmax, avx2::activate,
-                                        avx2::add3};
+                                        avx2::add3, avx2::cvt_f16};
             return t;
         }
 #endif
 #if defined(BERTLET_HAVE_AVX512_PATH)
         case isa::avx512: {
             static const kernel_table t{isa::avx512, avx512::gemm, avx512::layernorm, avx512::softmax,
-                                        avx512::activate, avx512::add3};
+                                        avx512::activate, avx512::add3, avx512::cvt_f16};
             return t;
         }
 #endif
 #if defined(BERTLET_HAVE_NEON_PATH)
         case isa::neon: {
             static const kernel_table t{isa::neon, neon::gemm, neon::layernorm, neon::softmax, neon::activate,
-                                        neon::add3};
+                                        neon::add3, neon::cvt_f16};
             return t;
         }
 #endif
         default: {
             static const kernel_table t{isa::scalar, scalar::gemm, scalar::layernorm, scalar::softmax,
-                                        scalar::activate, scalar::add3};
+                                        scalar::activate, scalar::add3, scalar::cvt_f16};
             return t;
         }
     }

@@ -1,17 +1,24 @@
 // bertlet — int8 GEMM for nn.Linear layers (issue #3, int8 part). Design and measurements: docs/INT8.md.
 //
-//   Y[m, n] = sx[m] * sw[n] * sum_k qx[m, k] * qw[n, k] + bias[n]
+//   Y[m, n] = act(sx[m] * sw[n] * sum_k qx[m, k] * qw[n, k] + bias[n] + residual[m, n])
 //
 // * Weights W [N out, K in] (PyTorch layout): symmetric per output row, sw[n] = max|W[n,:]| / 127,
 //   qw = round_half_even(W / sw) clamped to -127..127 (never -128), packed once (here by pack_s8, or offline by
 //   tools/bertlet_tools/quantize.py, byte-identical) into the layout below.
-// * Activations X [M, K]: quantized at run time per row (token), symmetric: sx[m] = max|X[m,:]| / 127,
-//   qx = round_half_even(X * (127 / max|X[m,:]|)) clamped to -127..127. Every path uses the same quantized values and
-//   the same integer sums, and the same float epilogue (y = fma(float(acc), sx*sw, bias)), so every path returns
-//   BIT-IDENTICAL outputs (the results do not depend on the CPU).
+// * Activations X [M, K]: optionally smoothed per input channel, xs[m, k] = X[m, k] * act_scale[k] (one f32
+//   multiply; act_scale may be null), then quantized at run time per row (token), symmetric: sx[m] = max|xs[m,:]|/127,
+//   qx = round_half_even(xs * (127 / max|xs[m,:]|)) clamped to -127..127. Every path uses the same quantized values,
+//   the same exact integer sums and the same float epilogue, so every path returns BIT-IDENTICAL outputs (the results
+//   do not depend on the CPU, on the blocking or on the number of threads), GELU included.
 // * VNNI paths (vpdpbusd is u8 x s8) feed qx + 128 as u8 and subtract 128 * row_sum[n] (row_sum = sum_k qw[n, k],
 //   stored with the packed weights); non-VNNI paths use vpmaddubsw(|qw|, sign(qw) * qx): every product is at most
 //   127 * 127, a pair at most 32258 < 32767, so the s16 saturation of vpmaddubsw can never trigger (exact).
+// * Epilogue (s8_epilogue, every path, same f32 operations in the same order):
+//     y = bias ? fma(float(acc), sx[m] * sw[n], bias[n]) : float(acc) * (sx[m] * sw[n]);
+//     if (residual) y = y + residual[m, n];
+//     y = act(y)   (none | gelu_erf: 0.5 y (1 + erf(y / sqrt 2)) | gelu_tanh: y / (1 + exp(-2 u)), u = sqrt(2/pi) (y +
+//                   0.044715 y^3)), with erf / exp the rational / Cephes approximations of kernels/avx2.hpp (erf is
+//                   the same code as the fp32 kernels' erf_ps; exp is avx2.hpp's exp_ps on every path).
 //
 // Packed layout ("S8P16K4"): N is padded to a multiple of 16 (n_padded), K to a multiple of 4 (k_padded), padding is
 // zero. Panel p (output rows 16p .. 16p+15) occupies k_padded * 16 bytes at offset p * 16 * k_padded; inside a panel,
@@ -19,13 +26,15 @@
 //   byte offset of qw[n, k] = (n / 16) * 16 * k_padded + (k / 4) * 64 + (n % 16) * 4 + k % 4
 // scales and row_sums have n_padded entries (zeros in the padding).
 //
-// API:
+// API (no allocation anywhere; pure functions, thread-safe):
 //   packed_s8_buffer pk = pack_s8(W, N, K);                      // owning; pk.view() -> packed_s8 (a non-owning view)
 //   std::vector<std::uint8_t> scratch(gemm_s8_scratch_bytes(M, K));
-//   linear_s8(X, M, K, ldx, pk.view(), bias, Y, ldy, scratch.data());   // mirrors detail::linear, uses active_isa()
-//   gemm_s8(s8_path::avx512_vnni, X, M, K, ldx, W, bias, Y, ldy, scratch) // an explicit path (tests, benchmarks)
+//   // quantize once, use for several GEMMs (Q, K and V share their input):
+//   s8_activations A = quantize_activations_s8(path, X, M, K, ldx, act_scale, scratch.data());
+//   gemm_s8_q(path, A, W, s8_epilogue{bias, residual, ldr, act}, Y, ldy, m0, m1, p0, p1);  // rows x 16-col panels
+//   gemm_s8_parallel(pool, path, A, W, ep, Y, ldy);              // the same over a thread pool (same bits)
+//   linear_s8(X, M, K, ldx, pk.view(), bias, Y, ldy, scratch.data());   // one-shot, mirrors detail::linear
 //   gemm_s8_s32(path, X, M, K, ldx, W, C, ldc, sx, scratch)              // debug hook: the exact integer sums
-// No allocation in gemm_s8; the scratch buffer holds the quantized X and its scales. Thread-safe (pure functions).
 #pragma once
 
 #include <algorithm>
@@ -38,6 +47,8 @@
 
 #include "bertlet/error.hpp"
 #include "bertlet/kernels/cpu.hpp"
+#include "bertlet/kernels/packed.hpp"
+#include "bertlet/kernels/thread_pool.hpp"
 
 #if defined(BERTLET_X86) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -68,6 +79,7 @@ struct packed_s8 {
     const std::int32_t* row_sums = nullptr;  // s8_pad_n(n) sums of qw over k (0 in the padding)
     std::size_t n = 0, k = 0, k_padded = 0;
     std::size_t n_padded() const noexcept { return s8_pad_n(n); }
+    std::size_t panels() const noexcept { return s8_pad_n(n) / 16; }
 };
 
 /// Owning packed weights (packing at load time, tests).
@@ -129,10 +141,39 @@ inline s8_path active_s8_path() {
     return p;
 }
 
-/// Bytes of scratch gemm_s8 needs for an X of M rows and K columns (any alignment is fine).
+/// Whether a path wants its quantized activations in the u8 (+128) form (the VNNI paths) or as s8.
+inline bool s8_path_uses_u8(s8_path p) noexcept { return p == s8_path::avx_vnni || p == s8_path::avx512_vnni; }
+
+/// Bytes of scratch one quantized activation matrix of M rows and K columns needs (any alignment is fine).
 inline std::size_t gemm_s8_scratch_bytes(std::size_t M, std::size_t K) noexcept {
     return 64 + (M * sizeof(float) + 63) / 64 * 64 + M * s8_pad_k(K);
 }
+
+/// Quantized activations: a view into the caller's scratch, filled by quantize_activations_s8*; one instance can
+/// feed any number of GEMMs with the same K (on paths with the same s8_path_uses_u8()).
+struct s8_activations {
+    std::uint8_t* q = nullptr;  // row m at q + m * ldq: k_padded bytes (K values, then zero padding)
+    std::size_t ldq = 0;        // = k_padded
+    float* sx = nullptr;        // M per-row scales (max|xs[m,:]| / 127)
+    std::size_t M = 0, K = 0, k_padded = 0;
+    bool u8 = false;            // q holds qx + 128 (u8, VNNI paths) instead of qx (s8)
+};
+
+/// The fused epilogue: y = act(fma(float(acc), sx * sw, bias) + residual) (see the top of the file).
+struct s8_epilogue {
+    const float* bias = nullptr;      // [N] or null
+    const float* residual = nullptr;  // [M, N] with row stride ldr, or null; may be Y itself (same ldr as ldy)
+    std::size_t ldr = 0;
+    detail::activation act = detail::activation::none;
+};
+
+/// One GEMM of a batch that shares its input (gemm_s8_parallel): Y = epilogue(A * W^T).
+struct s8_gemm {
+    const packed_s8* W = nullptr;
+    s8_epilogue ep;
+    float* Y = nullptr;
+    std::size_t ldy = 0;
+};
 
 // ---------------------------------------------------------------------------------------------------------------
 // Packing (not hot: load time).
@@ -189,15 +230,18 @@ inline packed_s8_buffer pack_s8(const float* W, std::size_t n, std::size_t k) {
 
 namespace detail {
 
-// Arguments shared by every micro-kernel.
-struct s8_args {
-    const std::uint8_t* xq;  // quantized X, row stride ldq (= k_padded), s8 or u8 (+128) form
+// Everything one kernel call needs (a GEMM with its quantized input and epilogue).
+struct s8_job {
+    const std::uint8_t* xq;  // quantized X, row stride ldq, s8 or u8 (+128) form
     std::size_t ldq;
     const float* sx;         // per-row X scales
     const packed_s8* w;
     std::size_t groups;      // k_padded / 4
-    std::size_t M, N;
+    std::size_t N;
     const float* bias;       // may be null
+    const float* res;        // may be null
+    std::size_t ldr;
+    activation act;
     float* Y;                // f32 output (RAW = false)
     std::size_t ldy;
     std::int32_t* C;         // s32 output (RAW = true)
@@ -215,19 +259,96 @@ inline std::int32_t s8_load32(const void* p) noexcept {
     return v;
 }
 
-/// Reference quantization of X rows; u8 = true stores q + 128 (VNNI form).
-inline void quantize_x_scalar(const float* X, std::size_t M, std::size_t K, std::size_t ldx, std::uint8_t* q,
-                              std::size_t ldq, float* sx, bool u8) {
+// ---- scalar reference (also the arithmetic definition every SIMD path reproduces bit for bit) ----
+
+// Keeps the compiler from contracting a multiply and a later add into an FMA (GCC's default -ffp-contract=fast does
+// that across statements on targets with FMA, e.g. aarch64); the SIMD paths never contract.
+inline float s8_no_contract(float v) noexcept {
+#if defined(__GNUC__) || defined(__clang__)
+    __asm__("" : "+m"(v));
+#endif
+    return v;
+}
+
+inline float s8_min(float a, float b) noexcept { return a < b ? a : b; }  // vminps(a, b)
+inline float s8_max(float a, float b) noexcept { return a > b ? a : b; }  // vmaxps(a, b)
+
+/// erf: the rational approximation of kernels/avx2.hpp / avx512.hpp (erf_ps), operation for operation.
+inline float s8_erf_scalar(float x) noexcept {
+    x = s8_max(s8_min(x, 4.0f), -4.0f);
+    const float x2 = x * x;
+    float p = -2.72614225801306e-10f;
+    p = std::fma(x2, p, 2.77068142495902e-08f);
+    p = std::fma(x2, p, -2.10102402082508e-06f);
+    p = std::fma(x2, p, -5.69250639462346e-05f);
+    p = std::fma(x2, p, -7.34990630326855e-04f);
+    p = std::fma(x2, p, -2.95459980854025e-03f);
+    p = std::fma(x2, p, -1.60960333262415e-02f);
+    p = x * p;
+    float q = -1.45660718464996e-05f;
+    q = std::fma(x2, q, -2.13374055278905e-04f);
+    q = std::fma(x2, q, -1.68282697438203e-03f);
+    q = std::fma(x2, q, -7.37332916720468e-03f);
+    q = std::fma(x2, q, -1.42647390514189e-02f);
+    return p / q;
+}
+
+/// exp: kernels/avx2.hpp's exp_ps (clamp to [-87.34, 88], Cephes polynomial, 2^n through the exponent field).
+inline float s8_exp_scalar(float x) noexcept {
+    x = s8_max(s8_min(x, 88.0f), -87.3365447505531f);
+    const float fx = std::nearbyint(x * 1.44269504088896341f);
+    float r = std::fma(-fx, 0.693359375f, x);
+    r = std::fma(-fx, -2.12194440e-4f, r);
+    float p = 1.9875691500e-4f;
+    p = std::fma(p, r, 1.3981999507e-3f);
+    p = std::fma(p, r, 8.3334519073e-3f);
+    p = std::fma(p, r, 4.1665795894e-2f);
+    p = std::fma(p, r, 1.6666665459e-1f);
+    p = std::fma(p, r, 5.0000001201e-1f);
+    const float y = std::fma(p, r * r, r + 1.0f);
+    const std::int32_t e = (static_cast<std::int32_t>(fx) + 127) * (1 << 23);
+    float ef;
+    std::memcpy(&ef, &e, 4);
+    return y * ef;
+}
+
+inline float s8_act_scalar(float v, activation a) noexcept {
+    if (a == activation::gelu_erf) {
+        const float e = s8_erf_scalar(v * 0.70710678118654752f);
+        return (0.5f * v) * (1.0f + e);
+    }
+    if (a == activation::gelu_tanh) {
+        const float v3 = (v * v) * v;
+        const float u = 0.79788456080286536f * std::fma(0.044715f, v3, v);
+        const float e = s8_exp_scalar(-2.0f * u);
+        return v / (1.0f + e);
+    }
+    return v;
+}
+
+/// The epilogue of one element (the definition; the SIMD stores do the same operations).
+inline float s8_finish_scalar(std::int32_t acc, float sx, float sw, const float* bias, const float* res,
+                              activation a) noexcept {
+    const float s = sx * sw;
+    float y = bias ? std::fma(static_cast<float>(acc), s, *bias) : static_cast<float>(acc) * s;
+    if (res) y = s8_no_contract(y) + *res;
+    return s8_act_scalar(y, a);
+}
+
+/// Reference quantization of rows [m0, m1); u8 = true stores q + 128 (VNNI form).
+inline void s8_quantize_rows_scalar(const float* X, std::size_t ldx, const float* cs, std::size_t K,
+                                    std::uint8_t* q, std::size_t ldq, float* sx, std::size_t m0, std::size_t m1,
+                                    bool u8) {
     const std::uint8_t flip = u8 ? 0x80 : 0x00;
-    for (std::size_t m = 0; m < M; ++m) {
+    for (std::size_t m = m0; m < m1; ++m) {
         const float* x = X + m * ldx;
         std::uint8_t* qr = q + m * ldq;
         float amax = 0.f;
-        for (std::size_t i = 0; i < K; ++i) amax = std::max(amax, std::fabs(x[i]));
+        for (std::size_t i = 0; i < K; ++i) amax = std::max(amax, std::fabs(cs ? x[i] * cs[i] : x[i]));
         const float inv = amax > 0.f ? 127.f / amax : 0.f;
         sx[m] = amax / 127.f;
         for (std::size_t i = 0; i < K; ++i) {
-            float v = std::nearbyint(x[i] * inv);
+            float v = std::nearbyint((cs ? x[i] * cs[i] : x[i]) * inv);
             v = std::min(127.f, std::max(-127.f, v));
             qr[i] = static_cast<std::uint8_t>(static_cast<std::uint8_t>(static_cast<std::int8_t>(v)) ^ flip);
         }
@@ -235,82 +356,163 @@ inline void quantize_x_scalar(const float* X, std::size_t M, std::size_t K, std:
     }
 }
 
-/// Reference kernel: exact integer sums from the packed layout, then the common epilogue.
+/// Reference kernel: exact integer sums from the packed layout, then the common epilogue. Rows [m0, m1), panels
+/// [p0, p1).
 template <bool RAW>
-inline void gemm_s8_kernel_scalar(const s8_args& a) {
+inline void s8_kernel_scalar(const s8_job& a, std::size_t m0, std::size_t m1, std::size_t p0, std::size_t p1) {
     const std::size_t kp = a.w->k_padded;
-    for (std::size_t m = 0; m < a.M; ++m) {
+    const std::size_t n1 = std::min(a.N, p1 * 16);
+    for (std::size_t m = m0; m < m1; ++m) {
         const std::int8_t* x = reinterpret_cast<const std::int8_t*>(a.xq + m * a.ldq);
-        for (std::size_t n = 0; n < a.N; ++n) {
+        for (std::size_t n = p0 * 16; n < n1; ++n) {
             const std::int8_t* wp = a.w->data + (n / 16) * 16 * kp + (n % 16) * 4;
             std::int32_t acc = 0;
             for (std::size_t g = 0; g < a.groups; ++g)
                 for (std::size_t j = 0; j < 4; ++j) acc += std::int32_t(x[4 * g + j]) * std::int32_t(wp[64 * g + j]);
-            if (RAW) {
+            if (RAW)
                 a.C[m * a.ldc + n] = acc;
-            } else {
-                const float s = a.sx[m] * a.w->scales[n];
-                a.Y[m * a.ldy + n] = a.bias ? std::fma(static_cast<float>(acc), s, a.bias[n]) : static_cast<float>(acc) * s;
-            }
+            else
+                a.Y[m * a.ldy + n] = s8_finish_scalar(acc, a.sx[m], a.w->scales[n], a.bias ? a.bias + n : nullptr,
+                                                      a.res ? a.res + m * a.ldr + n : nullptr, a.act);
         }
     }
 }
 
-// Drives a micro-kernel family K over the output: NR panels x MR rows at a time (tails: 1 panel; 4, 2, 1 rows).
-template <class Kern, bool RAW>
-inline void gemm_s8_drive(const s8_args& a) {
-    const std::size_t panels = (a.N + 15) / 16;
-    std::size_t p = 0;
-    for (; p + Kern::NR <= panels; p += Kern::NR) Kern::template rows<Kern::NR, RAW>(a, p);
-    for (; p < panels; ++p) Kern::template rows<1, RAW>(a, p);
+// Drives a micro-kernel family over rows [m0, m1) x panels [p0, p1): blocks of NR panels outer (the weight block
+// stays in L1 for K <= ~768), MR rows inner; tails: single panels, then 4, 2, 1 rows.
+template <class Fam, int NR, bool RAW>
+inline void s8_rows(const s8_job& a, std::size_t m0, std::size_t m1, std::size_t p) {
+    std::size_t m = m0;
+    for (; m + Fam::MR <= m1; m += Fam::MR) Fam::template kern<Fam::MR, NR, RAW>(a, m, p);
+    for (; m + 4 <= m1; m += 4) Fam::template kern<4, NR, RAW>(a, m, p);
+    if (m + 2 <= m1) {
+        Fam::template kern<2, NR, RAW>(a, m, p);
+        m += 2;
+    }
+    if (m < m1) Fam::template kern<1, NR, RAW>(a, m, p);
 }
 
-// Rows loop of one panel block: MR at a time, then 4, 2, 1.
-#define BERTLET_S8_ROWS(KERNEL, MRMAX)                                                          \
-    template <int NR, bool RAW>                                                                 \
-    static void rows(const s8_args& a, std::size_t p) {                                         \
-        std::size_t m = 0;                                                                      \
-        for (; m + (MRMAX) <= a.M; m += (MRMAX)) KERNEL<MRMAX, NR, RAW>(a, m, p);               \
-        if (m + 4 <= a.M) { KERNEL<4, NR, RAW>(a, m, p); m += 4; }                              \
-        if (m + 2 <= a.M) { KERNEL<2, NR, RAW>(a, m, p); m += 2; }                              \
-        if (m < a.M) KERNEL<1, NR, RAW>(a, m, p);                                               \
-    }
+template <class Fam, bool RAW>
+inline void s8_drive(const s8_job& a, std::size_t m0, std::size_t m1, std::size_t p0, std::size_t p1) {
+    std::size_t p = p0;
+    for (; p + Fam::NR <= p1; p += Fam::NR) s8_rows<Fam, Fam::NR, RAW>(a, m0, m1, p);
+    for (; p < p1; ++p) s8_rows<Fam, 1, RAW>(a, m0, m1, p);
+}
 
 #if defined(BERTLET_S8_X86)
 
+#define BERTLET_S8_AVX2 "avx2,fma"
+#define BERTLET_S8_AVX512 "avx2,fma,avx512f,avx512bw,avx512dq,avx512vl"
+
 // ---- AVX2 helpers (also used by AVX-VNNI) ----
 
-BERTLET_TARGET("avx2,fma")
-inline void quantize_x_avx2(const float* X, std::size_t M, std::size_t K, std::size_t ldx, std::uint8_t* q,
-                            std::size_t ldq, float* sx, bool u8) {
+BERTLET_TARGET(BERTLET_S8_AVX2) inline __m256 s8_erf_avx2(__m256 x) {
+    x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(4.0f)), _mm256_set1_ps(-4.0f));
+    const __m256 x2 = _mm256_mul_ps(x, x);
+    __m256 p = _mm256_set1_ps(-2.72614225801306e-10f);
+    p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(2.77068142495902e-08f));
+    p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(-2.10102402082508e-06f));
+    p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(-5.69250639462346e-05f));
+    p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(-7.34990630326855e-04f));
+    p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(-2.95459980854025e-03f));
+    p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(-1.60960333262415e-02f));
+    p = _mm256_mul_ps(x, p);
+    __m256 q = _mm256_set1_ps(-1.45660718464996e-05f);
+    q = _mm256_fmadd_ps(x2, q, _mm256_set1_ps(-2.13374055278905e-04f));
+    q = _mm256_fmadd_ps(x2, q, _mm256_set1_ps(-1.68282697438203e-03f));
+    q = _mm256_fmadd_ps(x2, q, _mm256_set1_ps(-7.37332916720468e-03f));
+    q = _mm256_fmadd_ps(x2, q, _mm256_set1_ps(-1.42647390514189e-02f));
+    return _mm256_div_ps(p, q);
+}
+
+BERTLET_TARGET(BERTLET_S8_AVX2) inline __m256 s8_exp_avx2(__m256 x) {
+    x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.0f)), _mm256_set1_ps(-87.3365447505531f));
+    const __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    const __m256 y = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+BERTLET_TARGET(BERTLET_S8_AVX2) inline __m256 s8_act_avx2(__m256 v, activation a) {
+    if (a == activation::gelu_erf) {
+        const __m256 e = s8_erf_avx2(_mm256_mul_ps(v, _mm256_set1_ps(0.70710678118654752f)));
+        return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v), _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+    }
+    if (a == activation::gelu_tanh) {
+        const __m256 v3 = _mm256_mul_ps(_mm256_mul_ps(v, v), v);
+        const __m256 u = _mm256_mul_ps(_mm256_set1_ps(0.79788456080286536f),
+                                       _mm256_fmadd_ps(_mm256_set1_ps(0.044715f), v3, v));
+        const __m256 e = s8_exp_avx2(_mm256_mul_ps(_mm256_set1_ps(-2.0f), u));
+        return _mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+    }
+    return v;
+}
+
+// Loads 8 floats of a row, times the per-column smoothing factors if any.
+BERTLET_TARGET(BERTLET_S8_AVX2) __attribute__((always_inline))
+inline __m256 s8_ld_avx2(const float* x, const float* cs, std::size_t i) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    return cs ? _mm256_mul_ps(v, _mm256_loadu_ps(cs + i)) : v;
+}
+
+// Quantizes rows [m0, m1): pass 1 max|xs|, pass 2 xs * (127 / max) -> nearest-even s32 -> packed to s8 with signed
+// saturation (a NaN gives INT_MIN -> -128), then max(., -127): the same values as the scalar clamp.
+BERTLET_TARGET(BERTLET_S8_AVX2)
+inline void s8_quantize_rows_avx2(const float* X, std::size_t ldx, const float* cs, std::size_t K, std::uint8_t* q,
+                                  std::size_t ldq, float* sx, std::size_t m0, std::size_t m1, bool u8) {
     const std::uint8_t flip = u8 ? 0x80 : 0x00;
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256i lo8 = _mm256_set1_epi8(-127), flip8 = _mm256_set1_epi8(static_cast<char>(flip));
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
     const __m128i flipv = _mm_set1_epi8(static_cast<char>(flip));
-    for (std::size_t m = 0; m < M; ++m) {
+    for (std::size_t m = m0; m < m1; ++m) {
         const float* x = X + m * ldx;
         std::uint8_t* qr = q + m * ldq;
-        __m256 vmax = _mm256_setzero_ps();
+        __m256 mx0 = _mm256_setzero_ps(), mx1 = _mm256_setzero_ps();
         std::size_t i = 0;
-        for (; i + 8 <= K; i += 8) vmax = _mm256_max_ps(vmax, _mm256_and_ps(_mm256_loadu_ps(x + i), absmask));
+        for (; i + 16 <= K; i += 16) {
+            mx0 = _mm256_max_ps(mx0, _mm256_and_ps(s8_ld_avx2(x, cs, i), absmask));
+            mx1 = _mm256_max_ps(mx1, _mm256_and_ps(s8_ld_avx2(x, cs, i + 8), absmask));
+        }
+        for (; i + 8 <= K; i += 8) mx0 = _mm256_max_ps(mx0, _mm256_and_ps(s8_ld_avx2(x, cs, i), absmask));
+        const __m256 vmax = _mm256_max_ps(mx0, mx1);
         __m128 h = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
         h = _mm_max_ps(h, _mm_movehl_ps(h, h));
         h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
         float amax = _mm_cvtss_f32(h);
-        for (; i < K; ++i) amax = std::max(amax, std::fabs(x[i]));
+        for (; i < K; ++i) amax = std::max(amax, std::fabs(cs ? x[i] * cs[i] : x[i]));
         const float inv = amax > 0.f ? 127.f / amax : 0.f;
         sx[m] = amax / 127.f;
         const __m256 vinv = _mm256_set1_ps(inv);
         i = 0;
+        for (; i + 32 <= K; i += 32) {
+            const __m256i c0 = _mm256_cvtps_epi32(_mm256_mul_ps(s8_ld_avx2(x, cs, i), vinv));
+            const __m256i c1 = _mm256_cvtps_epi32(_mm256_mul_ps(s8_ld_avx2(x, cs, i + 8), vinv));
+            const __m256i c2 = _mm256_cvtps_epi32(_mm256_mul_ps(s8_ld_avx2(x, cs, i + 16), vinv));
+            const __m256i c3 = _mm256_cvtps_epi32(_mm256_mul_ps(s8_ld_avx2(x, cs, i + 24), vinv));
+            __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(c0, c1), _mm256_packs_epi32(c2, c3));
+            b = _mm256_permutevar8x32_epi32(b, perm);
+            b = _mm256_xor_si256(_mm256_max_epi8(b, lo8), flip8);
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(qr + i), b);
+        }
         for (; i + 8 <= K; i += 8) {
-            __m256i v = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i), vinv));
+            __m256i v = _mm256_cvtps_epi32(_mm256_mul_ps(s8_ld_avx2(x, cs, i), vinv));
             v = _mm256_min_epi32(_mm256_max_epi32(v, lo), hi);
             const __m128i s16 = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-            const __m128i s8 = _mm_xor_si128(_mm_packs_epi16(s16, s16), flipv);
-            _mm_storel_epi64(reinterpret_cast<__m128i*>(qr + i), s8);
+            _mm_storel_epi64(reinterpret_cast<__m128i*>(qr + i), _mm_xor_si128(_mm_packs_epi16(s16, s16), flipv));
         }
         for (; i < K; ++i) {
-            float v = std::nearbyint(x[i] * inv);
+            float v = std::nearbyint((cs ? x[i] * cs[i] : x[i]) * inv);
             v = std::min(127.f, std::max(-127.f, v));
             qr[i] = static_cast<std::uint8_t>(static_cast<std::uint8_t>(static_cast<std::int8_t>(v)) ^ flip);
         }
@@ -320,8 +522,8 @@ inline void quantize_x_avx2(const float* X, std::size_t M, std::size_t K, std::s
 
 // Epilogue for one row x one panel (two ymm of 8 s32). U8: VNNI form, subtract 128 * row_sum.
 template <bool RAW, bool U8>
-BERTLET_TARGET("avx2,fma") __attribute__((always_inline))
-inline void s8_store_avx2(const s8_args& a, std::size_t m, std::size_t n0, __m256i c0, __m256i c1) {
+BERTLET_TARGET(BERTLET_S8_AVX2) __attribute__((always_inline))
+inline void s8_store_avx2(const s8_job& a, std::size_t m, std::size_t n0, __m256i c0, __m256i c1) {
     if (n0 >= a.N) return;
     if (U8) {
         c0 = _mm256_sub_epi32(c0, _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.w->row_sums + n0)), 7));
@@ -338,30 +540,44 @@ inline void s8_store_avx2(const s8_args& a, std::size_t m, std::size_t n0, __m25
     const __m256 vs = _mm256_set1_ps(a.sx[m]);
     const __m256 s0 = _mm256_mul_ps(vs, _mm256_loadu_ps(a.w->scales + n0));
     const __m256 s1 = _mm256_mul_ps(vs, _mm256_loadu_ps(a.w->scales + n0 + 8));
-    __m256 y0, y1;
     float* y = a.Y + m * a.ldy + n0;
-    if (valid == 16) {
-        if (a.bias) {
-            y0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(c0), s0, _mm256_loadu_ps(a.bias + n0));
-            y1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(c1), s1, _mm256_loadu_ps(a.bias + n0 + 8));
-        } else {
-            y0 = _mm256_mul_ps(_mm256_cvtepi32_ps(c0), s0);
-            y1 = _mm256_mul_ps(_mm256_cvtepi32_ps(c1), s1);
+    const float* bp = a.bias ? a.bias + n0 : nullptr;
+    const float* rp = a.res ? a.res + m * a.ldr + n0 : nullptr;
+    alignas(32) float tb[16], tr[16];
+    if (valid < 16) {  // partial panel: stage the inputs (never read past column N)
+        if (bp) {
+            std::memset(tb, 0, sizeof tb);
+            std::memcpy(tb, bp, valid * 4);
+            bp = tb;
         }
-        _mm256_storeu_ps(y, y0);
-        _mm256_storeu_ps(y + 8, y1);
-        return;
+        if (rp) {
+            std::memset(tr, 0, sizeof tr);
+            std::memcpy(tr, rp, valid * 4);
+            rp = tr;
+        }
     }
-    alignas(32) float b[16] = {};
-    if (a.bias) std::memcpy(b, a.bias + n0, valid * 4);
-    alignas(32) float t[16];
-    if (a.bias) {
-        y0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(c0), s0, _mm256_load_ps(b));
-        y1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(c1), s1, _mm256_load_ps(b + 8));
+    __m256 y0, y1;
+    if (bp) {
+        y0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(c0), s0, _mm256_loadu_ps(bp));
+        y1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(c1), s1, _mm256_loadu_ps(bp + 8));
     } else {
         y0 = _mm256_mul_ps(_mm256_cvtepi32_ps(c0), s0);
         y1 = _mm256_mul_ps(_mm256_cvtepi32_ps(c1), s1);
     }
+    if (rp) {
+        y0 = _mm256_add_ps(y0, _mm256_loadu_ps(rp));
+        y1 = _mm256_add_ps(y1, _mm256_loadu_ps(rp + 8));
+    }
+    if (a.act != activation::none) {
+        y0 = s8_act_avx2(y0, a.act);
+        y1 = s8_act_avx2(y1, a.act);
+    }
+    if (valid == 16) {
+        _mm256_storeu_ps(y, y0);
+        _mm256_storeu_ps(y + 8, y1);
+        return;
+    }
+    alignas(32) float t[16];
     _mm256_store_ps(t, y0);
     _mm256_store_ps(t + 8, y1);
     std::memcpy(y, t, valid * 4);
@@ -370,8 +586,8 @@ inline void s8_store_avx2(const s8_args& a, std::size_t m, std::size_t n0, __m25
 // AVX2 without VNNI: products |w| * (sign(w) * x) via vpmaddubsw (never saturates: |x|, |w| <= 127), vpmaddwd with
 // ones to s32.
 template <int MR, int NR, bool RAW>
-BERTLET_TARGET("avx2,fma")
-void s8_kernel_avx2(const s8_args& a, std::size_t m0, std::size_t p0) {
+BERTLET_TARGET(BERTLET_S8_AVX2)
+void s8_kernel_avx2(const s8_job& a, std::size_t m0, std::size_t p0) {
     const std::size_t kp = a.w->k_padded;
     const std::int8_t* wp = a.w->data + p0 * 16 * kp;
     const std::size_t ps = 16 * kp;
@@ -411,14 +627,15 @@ void s8_kernel_avx2(const s8_args& a, std::size_t m0, std::size_t p0) {
 }
 
 struct s8_fam_avx2 {
-    static constexpr int NR = 1;
-    BERTLET_S8_ROWS(s8_kernel_avx2, 4)
+    static constexpr int MR = 4, NR = 1;
+    template <int R, int P, bool RAW>
+    static void kern(const s8_job& a, std::size_t m, std::size_t p) { s8_kernel_avx2<R, P, RAW>(a, m, p); }
 };
 
 // AVX-VNNI (256-bit vpdpbusd): u8 (x + 128) x s8 weights.
 template <int MR, int NR, bool RAW>
-BERTLET_TARGET("avx2,fma,avxvnni")
-void s8_kernel_avx_vnni(const s8_args& a, std::size_t m0, std::size_t p0) {
+BERTLET_TARGET(BERTLET_S8_AVX2 ",avxvnni")
+void s8_kernel_avx_vnni(const s8_job& a, std::size_t m0, std::size_t p0) {
     const std::size_t kp = a.w->k_padded;
     const std::int8_t* wp = a.w->data + p0 * 16 * kp;
     const std::size_t ps = 16 * kp;
@@ -453,67 +670,162 @@ void s8_kernel_avx_vnni(const s8_args& a, std::size_t m0, std::size_t p0) {
 }
 
 struct s8_fam_avx_vnni {
-    static constexpr int NR = 1;
-    BERTLET_S8_ROWS(s8_kernel_avx_vnni, 6)
+    static constexpr int MR = 6, NR = 1;
+    template <int R, int P, bool RAW>
+    static void kern(const s8_job& a, std::size_t m, std::size_t p) { s8_kernel_avx_vnni<R, P, RAW>(a, m, p); }
 };
 
 // ---- AVX-512 ----
 
-#define BERTLET_S8_AVX512 "avx2,fma,avx512f,avx512bw,avx512dq,avx512vl"
+BERTLET_TARGET(BERTLET_S8_AVX512) inline __m512 s8_erf_avx512(__m512 x) {
+    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(4.0f)), _mm512_set1_ps(-4.0f));
+    const __m512 x2 = _mm512_mul_ps(x, x);
+    __m512 p = _mm512_set1_ps(-2.72614225801306e-10f);
+    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(2.77068142495902e-08f));
+    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(-2.10102402082508e-06f));
+    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(-5.69250639462346e-05f));
+    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(-7.34990630326855e-04f));
+    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(-2.95459980854025e-03f));
+    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(-1.60960333262415e-02f));
+    p = _mm512_mul_ps(x, p);
+    __m512 q = _mm512_set1_ps(-1.45660718464996e-05f);
+    q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(-2.13374055278905e-04f));
+    q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(-1.68282697438203e-03f));
+    q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(-7.37332916720468e-03f));
+    q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(-1.42647390514189e-02f));
+    return _mm512_div_ps(p, q);
+}
 
+// avx2.hpp's exp_ps in 512-bit form (not avx512.hpp's scalef variant, whose clamp differs), so every int8 path agrees.
+BERTLET_TARGET(BERTLET_S8_AVX512) inline __m512 s8_exp_avx512(__m512 x) {
+    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0f)), _mm512_set1_ps(-87.3365447505531f));
+    const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
+    const __m512 fx = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    const __m512 y = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(fx), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(y, _mm512_castsi512_ps(e));
+}
+
+BERTLET_TARGET(BERTLET_S8_AVX512) inline __m512 s8_act_avx512(__m512 v, activation a) {
+    if (a == activation::gelu_erf) {
+        const __m512 e = s8_erf_avx512(_mm512_mul_ps(v, _mm512_set1_ps(0.70710678118654752f)));
+        return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), v), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+    }
+    if (a == activation::gelu_tanh) {
+        const __m512 v3 = _mm512_mul_ps(_mm512_mul_ps(v, v), v);
+        const __m512 u = _mm512_mul_ps(_mm512_set1_ps(0.79788456080286536f),
+                                       _mm512_fmadd_ps(_mm512_set1_ps(0.044715f), v3, v));
+        const __m512 e = s8_exp_avx512(_mm512_mul_ps(_mm512_set1_ps(-2.0f), u));
+        return _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+    }
+    return v;
+}
+
+BERTLET_TARGET(BERTLET_S8_AVX512) __attribute__((always_inline))
+inline __m512 s8_ld_avx512(const float* x, const float* cs, std::size_t i) {
+    const __m512 v = _mm512_loadu_ps(x + i);
+    return cs ? _mm512_mul_ps(v, _mm512_loadu_ps(cs + i)) : v;
+}
+BERTLET_TARGET(BERTLET_S8_AVX512) __attribute__((always_inline))
+inline __m512 s8_ldm_avx512(const float* x, const float* cs, std::size_t i, __mmask16 k) {
+    const __m512 v = _mm512_maskz_loadu_ps(k, x + i);
+    return cs ? _mm512_mul_ps(v, _mm512_maskz_loadu_ps(k, cs + i)) : v;
+}
+
+// As s8_quantize_rows_avx2, 64 floats per step (4 zmm -> packs -> one 64-byte store).
 BERTLET_TARGET(BERTLET_S8_AVX512)
-inline void quantize_x_avx512(const float* X, std::size_t M, std::size_t K, std::size_t ldx, std::uint8_t* q,
-                              std::size_t ldq, float* sx, bool u8) {
+inline void s8_quantize_rows_avx512(const float* X, std::size_t ldx, const float* cs, std::size_t K, std::uint8_t* q,
+                                    std::size_t ldq, float* sx, std::size_t m0, std::size_t m1, bool u8) {
     const std::uint8_t flip = u8 ? 0x80 : 0x00;
-    const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
-    const __m128i flipv = _mm_set1_epi8(static_cast<char>(flip));
-    for (std::size_t m = 0; m < M; ++m) {
+    const __m512i lo8 = _mm512_set1_epi8(-127), flip8 = _mm512_set1_epi8(static_cast<char>(flip));
+    const __m512i perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m128i lo16 = _mm_set1_epi8(-127), flip16 = _mm_set1_epi8(static_cast<char>(flip));
+    for (std::size_t m = m0; m < m1; ++m) {
         const float* x = X + m * ldx;
         std::uint8_t* qr = q + m * ldq;
-        __m512 vmax = _mm512_setzero_ps();
+        __m512 mx0 = _mm512_setzero_ps(), mx1 = _mm512_setzero_ps(), mx2 = _mm512_setzero_ps(),
+               mx3 = _mm512_setzero_ps();
         std::size_t i = 0;
-        for (; i + 16 <= K; i += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(x + i)));
+        for (; i + 64 <= K; i += 64) {
+            mx0 = _mm512_max_ps(mx0, _mm512_abs_ps(s8_ld_avx512(x, cs, i)));
+            mx1 = _mm512_max_ps(mx1, _mm512_abs_ps(s8_ld_avx512(x, cs, i + 16)));
+            mx2 = _mm512_max_ps(mx2, _mm512_abs_ps(s8_ld_avx512(x, cs, i + 32)));
+            mx3 = _mm512_max_ps(mx3, _mm512_abs_ps(s8_ld_avx512(x, cs, i + 48)));
+        }
+        for (; i + 16 <= K; i += 16) mx0 = _mm512_max_ps(mx0, _mm512_abs_ps(s8_ld_avx512(x, cs, i)));
         const __mmask16 tail = static_cast<__mmask16>((1u << (K - i)) - 1u);
-        if (tail) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_maskz_loadu_ps(tail, x + i)));
-        const float amax = _mm512_reduce_max_ps(vmax);
+        if (tail) mx1 = _mm512_max_ps(mx1, _mm512_abs_ps(s8_ldm_avx512(x, cs, i, tail)));
+        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(mx0, mx1), _mm512_max_ps(mx2, mx3)));
         const float inv = amax > 0.f ? 127.f / amax : 0.f;
         sx[m] = amax / 127.f;
         const __m512 vinv = _mm512_set1_ps(inv);
-        for (i = 0; i + 16 <= K; i += 16) {
-            __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + i), vinv));
-            v = _mm512_min_epi32(_mm512_max_epi32(v, lo), hi);
-            _mm_storeu_si128(reinterpret_cast<__m128i*>(qr + i), _mm_xor_si128(_mm512_cvtepi32_epi8(v), flipv));
+        for (i = 0; i + 64 <= K; i += 64) {
+            const __m512i c0 = _mm512_cvtps_epi32(_mm512_mul_ps(s8_ld_avx512(x, cs, i), vinv));
+            const __m512i c1 = _mm512_cvtps_epi32(_mm512_mul_ps(s8_ld_avx512(x, cs, i + 16), vinv));
+            const __m512i c2 = _mm512_cvtps_epi32(_mm512_mul_ps(s8_ld_avx512(x, cs, i + 32), vinv));
+            const __m512i c3 = _mm512_cvtps_epi32(_mm512_mul_ps(s8_ld_avx512(x, cs, i + 48), vinv));
+            __m512i b = _mm512_packs_epi16(_mm512_packs_epi32(c0, c1), _mm512_packs_epi32(c2, c3));
+            b = _mm512_permutexvar_epi32(perm, b);
+            b = _mm512_xor_si512(_mm512_max_epi8(b, lo8), flip8);
+            _mm512_storeu_si512(qr + i, b);
+        }
+        for (; i + 16 <= K; i += 16) {
+            const __m128i b = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(s8_ld_avx512(x, cs, i), vinv)));
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(qr + i), _mm_xor_si128(_mm_max_epi8(b, lo16), flip16));
         }
         if (tail) {
-            __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(tail, x + i), vinv));
-            v = _mm512_min_epi32(_mm512_max_epi32(v, lo), hi);
-            _mm_mask_storeu_epi8(qr + i, tail, _mm_xor_si128(_mm512_cvtepi32_epi8(v), flipv));
+            const __m128i b = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(s8_ldm_avx512(x, cs, i, tail), vinv)));
+            _mm_mask_storeu_epi8(qr + i, tail, _mm_xor_si128(_mm_max_epi8(b, lo16), flip16));
         }
         for (i = K; i < ldq; ++i) qr[i] = flip;
     }
 }
 
-template <bool RAW, bool U8>
+// Epilogue of an MR x NR-panel tile (shared by both AVX-512 kernels). U8: VNNI form, subtract 128 * row_sum.
+template <int MR, int NR, bool RAW, bool U8>
 BERTLET_TARGET(BERTLET_S8_AVX512) __attribute__((always_inline))
-inline void s8_store_avx512(const s8_args& a, std::size_t m, std::size_t n0, __m512i c) {
-    if (n0 >= a.N) return;
-    if (U8) c = _mm512_sub_epi32(c, _mm512_slli_epi32(_mm512_loadu_si512(a.w->row_sums + n0), 7));
-    const std::size_t valid = std::min<std::size_t>(16, a.N - n0);
-    const __mmask16 mk = static_cast<__mmask16>(valid == 16 ? 0xFFFFu : (1u << valid) - 1u);
-    if (RAW) {
-        _mm512_mask_storeu_epi32(a.C + m * a.ldc + n0, mk, c);
-        return;
+inline void s8_tile_store_avx512(const s8_job& a, std::size_t m0, std::size_t p0, __m512i (&acc)[MR][NR]) {
+#pragma GCC unroll 4
+    for (int j = 0; j < NR; ++j) {
+        const std::size_t n0 = (p0 + j) * 16;
+        if (n0 >= a.N) break;
+        const std::size_t valid = std::min<std::size_t>(16, a.N - n0);
+        const __mmask16 mk = static_cast<__mmask16>(valid == 16 ? 0xFFFFu : (1u << valid) - 1u);
+        const __m512i rs7 = U8 ? _mm512_slli_epi32(_mm512_loadu_si512(a.w->row_sums + n0), 7) : _mm512_setzero_si512();
+        if (RAW) {
+#pragma GCC unroll 16
+            for (int i = 0; i < MR; ++i)
+                _mm512_mask_storeu_epi32(a.C + (m0 + i) * a.ldc + n0, mk,
+                                         U8 ? _mm512_sub_epi32(acc[i][j], rs7) : acc[i][j]);
+            continue;
+        }
+        const __m512 ws = _mm512_loadu_ps(a.w->scales + n0);
+        const __m512 bias = a.bias ? _mm512_maskz_loadu_ps(mk, a.bias + n0) : _mm512_setzero_ps();
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; ++i) {
+            const std::size_t m = m0 + i;
+            const __m512i c = U8 ? _mm512_sub_epi32(acc[i][j], rs7) : acc[i][j];
+            const __m512 s = _mm512_mul_ps(_mm512_set1_ps(a.sx[m]), ws);
+            __m512 y = a.bias ? _mm512_fmadd_ps(_mm512_cvtepi32_ps(c), s, bias) : _mm512_mul_ps(_mm512_cvtepi32_ps(c), s);
+            if (a.res) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mk, a.res + m * a.ldr + n0));
+            if (a.act != activation::none) y = s8_act_avx512(y, a.act);
+            _mm512_mask_storeu_ps(a.Y + m * a.ldy + n0, mk, y);
+        }
     }
-    const __m512 s = _mm512_mul_ps(_mm512_set1_ps(a.sx[m]), _mm512_loadu_ps(a.w->scales + n0));
-    const __m512 y = a.bias ? _mm512_fmadd_ps(_mm512_cvtepi32_ps(c), s, _mm512_maskz_loadu_ps(mk, a.bias + n0))
-                            : _mm512_mul_ps(_mm512_cvtepi32_ps(c), s);
-    _mm512_mask_storeu_ps(a.Y + m * a.ldy + n0, mk, y);
 }
 
 // AVX-512BW without VNNI: as AVX2 (|w| * sign-adjusted x), sign applied with a masked subtract (no vpsignb in 512).
 template <int MR, int NR, bool RAW>
 BERTLET_TARGET(BERTLET_S8_AVX512)
-void s8_kernel_avx512(const s8_args& a, std::size_t m0, std::size_t p0) {
+void s8_kernel_avx512(const s8_job& a, std::size_t m0, std::size_t p0) {
     const std::size_t kp = a.w->k_padded;
     const std::int8_t* wp = a.w->data + p0 * 16 * kp;
     const std::size_t ps = 16 * kp;
@@ -543,114 +855,280 @@ void s8_kernel_avx512(const s8_args& a, std::size_t m0, std::size_t p0) {
             }
         }
     }
-#pragma GCC unroll 8
-    for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-        for (int j = 0; j < NR; ++j) s8_store_avx512<RAW, false>(a, m0 + i, (p0 + j) * 16, acc[i][j]);
+    s8_tile_store_avx512<MR, NR, RAW, false>(a, m0, p0, acc);
 }
 
 struct s8_fam_avx512 {
-    static constexpr int NR = 2;
-    BERTLET_S8_ROWS(s8_kernel_avx512, 8)
+    static constexpr int MR = 8, NR = 2;
+    template <int R, int P, bool RAW>
+    static void kern(const s8_job& a, std::size_t m, std::size_t p) { s8_kernel_avx512<R, P, RAW>(a, m, p); }
 };
 
-// AVX-512 VNNI: vpdpbusd u8 (x + 128) x s8 weights, 4 k per lane, 16 output columns per zmm.
+// AVX-512 VNNI: vpdpbusd u8 (x + 128) x s8 weights, 4 k per lane, 16 output columns per zmm. MR x NR zmm
+// accumulators; per k group NR weight loads and MR broadcasts feed MR * NR vpdpbusd.
 template <int MR, int NR, bool RAW>
 BERTLET_TARGET(BERTLET_S8_AVX512 ",avx512vnni")
-void s8_kernel_avx512_vnni(const s8_args& a, std::size_t m0, std::size_t p0) {
-    const std::size_t kp = a.w->k_padded;
-    const std::int8_t* wp = a.w->data + p0 * 16 * kp;
-    const std::size_t ps = 16 * kp;
+void s8_kernel_avx512_vnni(const s8_job& a, std::size_t m0, std::size_t p0) {
+    const std::size_t ps = 16 * a.w->k_padded;
+    const std::int8_t* wp = a.w->data + p0 * ps;
     __m512i acc[MR][NR];
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
         for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_si512();
     const std::uint8_t* xr = a.xq + m0 * a.ldq;
+    const std::size_t ldq = a.ldq;
     for (std::size_t g = 0; g < a.groups; ++g) {
         __m512i w[NR];
 #pragma GCC unroll 4
         for (int j = 0; j < NR; ++j) w[j] = _mm512_loadu_si512(wp + j * ps + 64 * g);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
         for (int i = 0; i < MR; ++i) {
-            const __m512i xb = _mm512_set1_epi32(s8_load32(xr + i * a.ldq + 4 * g));
+            const __m512i xb = _mm512_set1_epi32(s8_load32(xr + i * ldq + 4 * g));
 #pragma GCC unroll 4
             for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], xb, w[j]);
         }
     }
-#pragma GCC unroll 8
-    for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-        for (int j = 0; j < NR; ++j) s8_store_avx512<RAW, true>(a, m0 + i, (p0 + j) * 16, acc[i][j]);
+    s8_tile_store_avx512<MR, NR, RAW, true>(a, m0, p0, acc);
 }
 
-struct s8_fam_avx512_vnni {
-    static constexpr int NR = 4;
-    BERTLET_S8_ROWS(s8_kernel_avx512_vnni, 4)
+template <int MR_, int NR_>
+struct s8_fam_avx512_vnni_t {
+    static constexpr int MR = MR_, NR = NR_;
+    template <int R, int P, bool RAW>
+    static void kern(const s8_job& a, std::size_t m, std::size_t p) { s8_kernel_avx512_vnni<R, P, RAW>(a, m, p); }
 };
+using s8_fam_avx512_vnni = s8_fam_avx512_vnni_t<8, 3>;
 
 #endif  // BERTLET_S8_X86
 
-inline bool s8_path_uses_u8(s8_path p) noexcept { return p == s8_path::avx_vnni || p == s8_path::avx512_vnni; }
+/// Panels per micro-kernel of a path (parallel splits keep these blocks whole).
+inline std::size_t s8_path_panel_block(s8_path p) noexcept {
+    switch (p) {
+#if defined(BERTLET_S8_X86)
+        case s8_path::avx2: return s8_fam_avx2::NR;
+        case s8_path::avx_vnni: return s8_fam_avx_vnni::NR;
+        case s8_path::avx512: return s8_fam_avx512::NR;
+        case s8_path::avx512_vnni: return s8_fam_avx512_vnni::NR;
+#endif
+        default: return 1;
+    }
+}
 
-/// Quantizes X into the scratch layout the path wants.
-inline void s8_quantize_x(s8_path p, const float* X, std::size_t M, std::size_t K, std::size_t ldx,
-                          std::uint8_t* q, std::size_t ldq, float* sx) {
+/// Quantizes rows [m0, m1) of X into q / sx (the layout of s8_activations).
+inline void s8_quantize_rows(s8_path p, const float* X, std::size_t ldx, const float* cs, std::size_t K,
+                             std::uint8_t* q, std::size_t ldq, float* sx, std::size_t m0, std::size_t m1) {
     const bool u8 = s8_path_uses_u8(p);
     switch (p) {
 #if defined(BERTLET_S8_X86)
         case s8_path::avx2:
-        case s8_path::avx_vnni: quantize_x_avx2(X, M, K, ldx, q, ldq, sx, u8); return;
+        case s8_path::avx_vnni: s8_quantize_rows_avx2(X, ldx, cs, K, q, ldq, sx, m0, m1, u8); return;
         case s8_path::avx512:
-        case s8_path::avx512_vnni: quantize_x_avx512(X, M, K, ldx, q, ldq, sx, u8); return;
+        case s8_path::avx512_vnni: s8_quantize_rows_avx512(X, ldx, cs, K, q, ldq, sx, m0, m1, u8); return;
 #endif
-        default: quantize_x_scalar(X, M, K, ldx, q, ldq, sx, u8); return;
+        default: s8_quantize_rows_scalar(X, ldx, cs, K, q, ldq, sx, m0, m1, u8); return;
     }
 }
 
+/// Quantizes X (M rows) into q (row stride ldq) and sx (benchmarks; no act_scale).
+inline void s8_quantize_x(s8_path p, const float* X, std::size_t M, std::size_t K, std::size_t ldx,
+                          std::uint8_t* q, std::size_t ldq, float* sx) {
+    s8_quantize_rows(p, X, ldx, nullptr, K, q, ldq, sx, 0, M);
+}
+
 template <bool RAW>
-inline void s8_run(s8_path p, const s8_args& a) {
+inline void s8_run(s8_path p, const s8_job& a, std::size_t m0, std::size_t m1, std::size_t p0, std::size_t p1) {
+    if (m1 <= m0 || p1 <= p0) return;
     switch (p) {
 #if defined(BERTLET_S8_X86)
-        case s8_path::avx2: gemm_s8_drive<s8_fam_avx2, RAW>(a); return;
-        case s8_path::avx_vnni: gemm_s8_drive<s8_fam_avx_vnni, RAW>(a); return;
-        case s8_path::avx512: gemm_s8_drive<s8_fam_avx512, RAW>(a); return;
-        case s8_path::avx512_vnni: gemm_s8_drive<s8_fam_avx512_vnni, RAW>(a); return;
+        case s8_path::avx2: s8_drive<s8_fam_avx2, RAW>(a, m0, m1, p0, p1); return;
+        case s8_path::avx_vnni: s8_drive<s8_fam_avx_vnni, RAW>(a, m0, m1, p0, p1); return;
+        case s8_path::avx512: s8_drive<s8_fam_avx512, RAW>(a, m0, m1, p0, p1); return;
+        case s8_path::avx512_vnni: s8_drive<s8_fam_avx512_vnni, RAW>(a, m0, m1, p0, p1); return;
 #endif
-        default: gemm_s8_kernel_scalar<RAW>(a); return;
+        default: s8_kernel_scalar<RAW>(a, m0, m1, p0, p1); return;
     }
 }
 
-template <bool RAW>
-inline void gemm_s8_impl(s8_path p, const float* X, std::size_t M, std::size_t K, std::size_t ldx,
-                         const packed_s8& W, const float* bias, float* Y, std::size_t ldy, std::int32_t* C,
-                         std::size_t ldc, float* sx_out, std::uint8_t* scratch) {
-    if (K != W.k || W.k_padded != s8_pad_k(W.k) || ldx < K || (!RAW && ldy < W.n) || (RAW && ldc < W.n) ||
-        !scratch)
-        throw input_error(errc::bad_argument, "gemm_s8: shape mismatch (K=" + std::to_string(K) + ", W is " +
-                                                  std::to_string(W.n) + "x" + std::to_string(W.k) + ")");
+inline void s8_require_path(s8_path p) {
     if (!s8_path_supported(p))
         throw input_error(errc::bad_argument, std::string("gemm_s8: path ") + s8_path_name(p) +
                                                   " is not supported by this CPU");
-    if (M == 0 || W.n == 0) return;
-    std::uint8_t* base = s8_align64(scratch);
-    float* sx = reinterpret_cast<float*>(base);
-    std::uint8_t* q = base + (M * sizeof(float) + 63) / 64 * 64;
-    const std::size_t ldq = W.k_padded;
-    s8_quantize_x(p, X, M, K, ldx, q, ldq, sx);
-    if (sx_out) std::memcpy(sx_out, sx, M * sizeof(float));
-    s8_args a{q, ldq, sx, &W, W.k_padded / 4, M, W.n, bias, Y, ldy, C, ldc};
-    s8_run<RAW>(p, a);
+}
+
+inline s8_job s8_make_job(s8_path p, const s8_activations& A, const packed_s8& W, const s8_epilogue& ep, float* Y,
+                          std::size_t ldy, std::int32_t* C, std::size_t ldc) {
+    const bool raw = C != nullptr;
+    if (A.K != W.k || A.k_padded != W.k_padded || W.k_padded != s8_pad_k(W.k) || A.ldq < A.k_padded ||
+        (!raw && (ldy < W.n || (ep.residual && ep.ldr < W.n))) || (raw && ldc < W.n) ||
+        (A.M > 0 && (!A.q || !A.sx)))
+        throw input_error(errc::bad_argument, "gemm_s8: shape mismatch (K=" + std::to_string(A.K) + ", W is " +
+                                                  std::to_string(W.n) + "x" + std::to_string(W.k) + ")");
+    if (A.u8 != s8_path_uses_u8(p))
+        throw input_error(errc::bad_argument, std::string("gemm_s8: activations quantized for the other form than "
+                                                          "path ") + s8_path_name(p) + " needs");
+    s8_require_path(p);
+    return s8_job{A.q, A.ldq, A.sx, &W, W.k_padded / 4, W.n, ep.bias, ep.residual, ep.ldr, ep.act,
+                  Y, ldy, C, ldc};
 }
 
 }  // namespace detail
+
+// ---------------------------------------------------------------------------------------------------------------
+// Quantization of the activations.
+
+/// Where the quantized form of an M x K input lives inside `scratch` (gemm_s8_scratch_bytes(M, K) bytes, any
+/// alignment), for the form path p wants; fill it with quantize_activations_s8_rows (e.g. row chunks in parallel).
+inline s8_activations s8_activations_layout(s8_path p, std::size_t M, std::size_t K, std::uint8_t* scratch) {
+    if (!scratch && M > 0) throw input_error(errc::bad_argument, "gemm_s8: null scratch");
+    s8_activations A;
+    A.M = M;
+    A.K = K;
+    A.k_padded = A.ldq = s8_pad_k(K);
+    A.u8 = s8_path_uses_u8(p);
+    if (!scratch) return A;
+    std::uint8_t* base = detail::s8_align64(scratch);
+    A.sx = reinterpret_cast<float*>(base);
+    A.q = base + (M * sizeof(float) + 63) / 64 * 64;
+    return A;
+}
+
+/// Quantizes rows [m0, m1) of X (row stride ldx) into A (from s8_activations_layout): xs = X * act_scale (per column;
+/// act_scale may be null), per-row symmetric int8. Rows are independent: any split gives the same bytes.
+inline void quantize_activations_s8_rows(s8_path p, const float* X, std::size_t ldx, const float* act_scale,
+                                         const s8_activations& A, std::size_t m0, std::size_t m1) {
+    if (m1 > A.M || m0 > m1 || ldx < A.K || A.u8 != s8_path_uses_u8(p))
+        throw input_error(errc::bad_argument, "quantize_activations_s8: bad row range, stride or form");
+    detail::s8_require_path(p);
+    detail::s8_quantize_rows(p, X, ldx, act_scale, A.K, A.q, A.ldq, A.sx, m0, m1);
+}
+
+/// Quantizes X [M, K] (row stride ldx) once, for any number of gemm_s8_q calls on path p (or any path with the same
+/// s8_path_uses_u8()). scratch: gemm_s8_scratch_bytes(M, K) bytes, any alignment; the result points into it.
+inline s8_activations quantize_activations_s8(s8_path p, const float* X, std::size_t M, std::size_t K,
+                                              std::size_t ldx, const float* act_scale, std::uint8_t* scratch) {
+    const s8_activations A = s8_activations_layout(p, M, K, scratch);
+    quantize_activations_s8_rows(p, X, ldx, act_scale, A, 0, M);
+    return A;
+}
+
+/// quantize_activations_s8 split into row chunks over a pool (null pool or one thread: inline). Same bytes.
+inline s8_activations quantize_activations_s8_parallel(detail::thread_pool* pool, s8_path p, const float* X,
+                                                       std::size_t M, std::size_t K, std::size_t ldx,
+                                                       const float* act_scale, std::uint8_t* scratch) {
+    const s8_activations A = s8_activations_layout(p, M, K, scratch);
+    const std::size_t threads = pool ? pool->size() : 1;
+    // ~32 K floats per chunk at least (a few microseconds): below that a pool round trip costs more than it saves
+    const std::size_t min_rows = std::max<std::size_t>(1, (32768 + K - 1) / std::max<std::size_t>(K, 1));
+    const std::size_t chunks = std::min(threads, M / std::max<std::size_t>(min_rows, 1));
+    if (chunks <= 1) {
+        quantize_activations_s8_rows(p, X, ldx, act_scale, A, 0, M);
+        return A;
+    }
+    if (ldx < K) throw input_error(errc::bad_argument, "quantize_activations_s8: bad stride");
+    detail::s8_require_path(p);
+    const std::size_t per = (M + chunks - 1) / chunks;
+    pool->run(chunks, [&](std::size_t t, std::size_t) {
+        const std::size_t m0 = std::min(M, t * per), m1 = std::min(M, m0 + per);
+        detail::s8_quantize_rows(p, X, ldx, act_scale, K, A.q, A.ldq, A.sx, m0, m1);
+    });
+    return A;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// GEMMs on quantized activations.
+
+/// Y[m, n] = epilogue(sum_k qx[m, k] qw[n, k]) for rows [m0, m1) and columns of the 16-wide panels [p0, p1)
+/// (p1 <= W.panels(); columns >= W.n are never written). A from quantize_activations_s8* for a path with the same
+/// s8_path_uses_u8() as p. Throws input_error on a shape or form mismatch or an unsupported path.
+inline void gemm_s8_q(s8_path p, const s8_activations& A, const packed_s8& W, const s8_epilogue& ep, float* Y,
+                      std::size_t ldy, std::size_t m0, std::size_t m1, std::size_t p0, std::size_t p1) {
+    const detail::s8_job job = detail::s8_make_job(p, A, W, ep, Y, ldy, nullptr, 0);
+    if (m1 > A.M || m0 > m1 || p1 > W.panels() || p0 > p1)
+        throw input_error(errc::bad_argument, "gemm_s8_q: row or panel range out of bounds");
+    detail::s8_run<false>(p, job, m0, m1, p0, p1);
+}
+
+/// The whole output: rows [0, A.M), every panel of W.
+inline void gemm_s8_q(s8_path p, const s8_activations& A, const packed_s8& W, const s8_epilogue& ep, float* Y,
+                      std::size_t ldy) {
+    gemm_s8_q(p, A, W, ep, Y, ldy, 0, A.M, 0, W.panels());
+}
+
+/// Several GEMMs sharing one quantized input (e.g. Q, K, V), split over a pool in one job: tasks are (GEMM, block
+/// of up to 256 rows, block of the path's micro-kernel panels). Every output element is computed by one micro-kernel
+/// call over the full K with the same epilogue whatever the split, so the results are bit-identical for any thread
+/// count (and equal to gemm_s8_q). Null pool, one thread or a small problem: runs inline.
+inline void gemm_s8_parallel(detail::thread_pool* pool, s8_path p, const s8_activations& A, const s8_gemm* gemms,
+                             std::size_t count) {
+    constexpr std::size_t max_gemms = 8;
+    if (count > max_gemms) {  // keeps the task table on the stack
+        for (std::size_t i = 0; i < count; i += max_gemms)
+            gemm_s8_parallel(pool, p, A, gemms + i, std::min(max_gemms, count - i));
+        return;
+    }
+    detail::s8_job jobs[max_gemms];
+    double macs = 0;
+    for (std::size_t i = 0; i < count; ++i) {
+        if (!gemms[i].W) throw input_error(errc::bad_argument, "gemm_s8_parallel: null weights");
+        jobs[i] = detail::s8_make_job(p, A, *gemms[i].W, gemms[i].ep, gemms[i].Y, gemms[i].ldy, nullptr, 0);
+        macs += double(A.M) * double(gemms[i].W->n_padded()) * double(A.k_padded);
+    }
+    const std::size_t threads = pool ? pool->size() : 1;
+    if (threads <= 1 || A.M == 0 || macs < 3e6) {  // < ~5 us of work: a pool round trip costs more than it saves
+        for (std::size_t i = 0; i < count; ++i) detail::s8_run<false>(p, jobs[i], 0, A.M, 0, gemms[i].W->panels());
+        return;
+    }
+    const std::size_t row_block = 256;
+    const std::size_t nrb = (A.M + row_block - 1) / row_block;
+    const std::size_t pb = detail::s8_path_panel_block(p);
+    std::size_t first[max_gemms + 1];  // task index ranges per GEMM
+    std::size_t npb[max_gemms];
+    first[0] = 0;
+    for (std::size_t i = 0; i < count; ++i) {
+        npb[i] = (gemms[i].W->panels() + pb - 1) / pb;
+        first[i + 1] = first[i] + nrb * npb[i];
+    }
+    pool->run(first[count], [&](std::size_t t, std::size_t) {
+        std::size_t i = 0;
+        while (t >= first[i + 1]) ++i;
+        const std::size_t u = t - first[i];
+        const std::size_t rb = u / npb[i], b = u % npb[i];
+        const std::size_t m0 = rb * row_block, m1 = std::min(A.M, m0 + row_block);
+        const std::size_t p0 = b * pb, p1 = std::min(gemms[i].W->panels(), p0 + pb);
+        detail::s8_run<false>(p, jobs[i], m0, m1, p0, p1);
+    });
+}
+
+inline void gemm_s8_parallel(detail::thread_pool* pool, s8_path p, const s8_activations& A, const packed_s8& W,
+                             const s8_epilogue& ep, float* Y, std::size_t ldy) {
+    const s8_gemm g{&W, ep, Y, ldy};
+    gemm_s8_parallel(pool, p, A, &g, 1);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// One-shot forms (quantize + GEMM), kept from the first version of the API.
+
+/// Y = act(dequant(quant(X * act_scale) * W^T) + bias + residual); scratch: gemm_s8_scratch_bytes(M, K) bytes.
+inline void gemm_s8(s8_path p, const float* X, std::size_t M, std::size_t K, std::size_t ldx, const float* act_scale,
+                    const packed_s8& W, const s8_epilogue& ep, float* Y, std::size_t ldy, std::uint8_t* scratch) {
+    if (K != W.k || ldx < K || ldy < W.n || !scratch)
+        throw input_error(errc::bad_argument, "gemm_s8: shape mismatch (K=" + std::to_string(K) + ", W is " +
+                                                  std::to_string(W.n) + "x" + std::to_string(W.k) + ")");
+    detail::s8_require_path(p);
+    if (M == 0 || W.n == 0) return;
+    const s8_activations A = quantize_activations_s8(p, X, M, K, ldx, act_scale, scratch);
+    gemm_s8_q(p, A, W, ep, Y, ldy);
+}
 
 /// Y[M, N] = dequant(quant(X[M, K]) * W^T) + bias  (bias may be null). ldx / ldy: row strides in floats.
 /// scratch: gemm_s8_scratch_bytes(M, K) bytes, any alignment. Throws input_error on a shape mismatch or an
 /// unsupported path.
 inline void gemm_s8(s8_path p, const float* X, std::size_t M, std::size_t K, std::size_t ldx, const packed_s8& W,
                     const float* bias, float* Y, std::size_t ldy, std::uint8_t* scratch) {
-    detail::gemm_s8_impl<false>(p, X, M, K, ldx, W, bias, Y, ldy, nullptr, 0, nullptr, scratch);
+    s8_epilogue ep;
+    ep.bias = bias;
+    gemm_s8(p, X, M, K, ldx, nullptr, W, ep, Y, ldy, scratch);
 }
 
 inline void gemm_s8(isa a, const float* X, std::size_t M, std::size_t K, std::size_t ldx, const packed_s8& W,
@@ -661,8 +1139,17 @@ inline void gemm_s8(isa a, const float* X, std::size_t M, std::size_t K, std::si
 /// Debug / test hook: C[m, n] = sum_k qx[m, k] * qw[n, k] exactly (after the VNNI +128 correction), and the
 /// per-row activation scales in sx (M floats; may be null).
 inline void gemm_s8_s32(s8_path p, const float* X, std::size_t M, std::size_t K, std::size_t ldx,
-                        const packed_s8& W, std::int32_t* C, std::size_t ldc, float* sx, std::uint8_t* scratch) {
-    detail::gemm_s8_impl<true>(p, X, M, K, ldx, W, nullptr, nullptr, 0, C, ldc, sx, scratch);
+                        const packed_s8& W, std::int32_t* C, std::size_t ldc, float* sx, std::uint8_t* scratch,
+                        const float* act_scale = nullptr) {
+    if (K != W.k || ldx < K || ldc < W.n || !scratch)
+        throw input_error(errc::bad_argument, "gemm_s8_s32: shape mismatch");
+    detail::s8_require_path(p);
+    if (M == 0) return;
+    const s8_activations A = quantize_activations_s8(p, X, M, K, ldx, act_scale, scratch);
+    if (sx) std::memcpy(sx, A.sx, M * sizeof(float));
+    if (W.n == 0) return;
+    const detail::s8_job job = detail::s8_make_job(p, A, W, s8_epilogue{}, nullptr, 0, C, ldc);
+    detail::s8_run<true>(p, job, 0, M, 0, W.panels());
 }
 
 namespace detail {
@@ -676,8 +1163,8 @@ inline void linear_s8(const float* X, std::ptrdiff_t rows, std::ptrdiff_t in, st
 
 }  // namespace bertlet
 
-#undef BERTLET_S8_ROWS
 #if defined(BERTLET_S8_X86)
+#undef BERTLET_S8_AVX2
 #undef BERTLET_S8_AVX512
 #undef BERTLET_TARGET
 #endif

@@ -216,6 +216,12 @@ inline void add3(float* out, const float* a, const float* b, const float* c, std
                 n - i);
 }
 
+inline void cvt_f16(float* out, const std::uint16_t* in, std::ptrdiff_t n) {
+    std::ptrdiff_t i = 0;
+    for (; i + 4 <= n; i += 4) vst1q_f32(out + i, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(in + i))));
+    for (; i < n; ++i) out[i] = f16_to_f32(in[i]);
+}
+
 }  // namespace bertlet::detail::neon
 
 #endif

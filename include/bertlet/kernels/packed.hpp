@@ -27,6 +27,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -74,6 +75,32 @@ inline void unpack_n16(const float* packed, std::ptrdiff_t n, std::ptrdiff_t k, 
     for (std::ptrdiff_t r = 0; r < n; ++r)
         for (std::ptrdiff_t kk = 0; kk < k; ++kk)
             w[r * k + kk] = packed[((r / panel_width) * k + kk) * panel_width + r % panel_width];
+}
+
+/// IEEE 754 binary16 -> binary32, exact for every finite input and infinities; bit-identical to the hardware
+/// conversions (F16C, AVX-512, NEON) for every input, NaNs included.
+inline float f16_to_f32(std::uint16_t h) noexcept {
+    const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
+    std::uint32_t exp = (h >> 10) & 0x1Fu;
+    std::uint32_t mant = h & 0x3FFu;
+    std::uint32_t bits;
+    if (exp == 0x1F) {  // inf, or NaN quieted like vcvtph2ps / fcvt do (payload kept)
+        bits = sign | 0x7F800000u | (mant << 13) | (mant ? 0x00400000u : 0u);
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112u) << 23) | (mant << 13);
+    } else if (mant == 0) {
+        bits = sign;
+    } else {  // subnormal: normalise
+        exp = 113;
+        while (!(mant & 0x400u)) {
+            mant <<= 1;
+            --exp;
+        }
+        bits = sign | (exp << 23) | ((mant & 0x3FFu) << 13);
+    }
+    float f;
+    std::memcpy(&f, &bits, sizeof f);
+    return f;
 }
 
 enum class activation { none, gelu_erf, gelu_tanh };

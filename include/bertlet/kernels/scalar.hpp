@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 
 #include "bertlet/kernels/packed.hpp"
@@ -135,6 +136,10 @@ inline void activate(float* x, std::ptrdiff_t n, activation a) {
 
 inline void add3(float* out, const float* a, const float* b, const float* c, std::ptrdiff_t n) {
     for (std::ptrdiff_t i = 0; i < n; ++i) out[i] = a[i] + b[i] + c[i];
+}
+
+inline void cvt_f16(float* out, const std::uint16_t* in, std::ptrdiff_t n) {
+    for (std::ptrdiff_t i = 0; i < n; ++i) out[i] = f16_to_f32(in[i]);
 }
 
 }  // namespace bertlet::detail::scalar

@@ -271,7 +271,7 @@ public:
             throw input_error(errc::bad_argument, "threads = " + std::to_string(threads) + " is outside 1..1024");
         if (threads > 1) pool_ = std::make_shared<detail::thread_pool>(threads);
         const std::size_t H = c.hidden_size, I = c.intermediate_size;
-        word_ = bind(r, "embeddings.word_embeddings.weight", {c.vocab_size, H});
+        bind_word_embeddings(r, c.vocab_size, H);
         pos_ = bind(r, "embeddings.position_embeddings.weight", {c.max_position_embeddings, H});
         type_ = bind(r, "embeddings.token_type_embeddings.weight", {c.type_vocab_size, H});
         emb_ln_g_ = bind(r, "embeddings.LayerNorm.weight", {H});
@@ -353,8 +353,13 @@ public:
             for (std::size_t p = 0; p < seqs[s].length; ++p) {
                 const std::size_t t = seqs[s].offset + p;
                 const std::size_t tt = type_ids ? static_cast<std::size_t>(type_ids[t]) : 0;
-                kernels_->add3(x + t * H, word_ + static_cast<std::size_t>(ids[t]) * H, pos_ + p * H, type_ + tt * H,
-                               static_cast<std::ptrdiff_t>(H));
+                const float* wrow = word_ + static_cast<std::size_t>(ids[t]) * H;
+                if (word16_) {  // f16 table: widen the row in place, then add
+                    kernels_->cvt_f16(x + t * H, word16_ + static_cast<std::size_t>(ids[t]) * H,
+                                      static_cast<std::ptrdiff_t>(H));
+                    wrow = x + t * H;
+                }
+                kernels_->add3(x + t * H, wrow, pos_ + p * H, type_ + tt * H, static_cast<std::ptrdiff_t>(H));
             }
         }
         const detail::exec_context ex{kernels_, pool_.get(), s8_};
@@ -411,6 +416,19 @@ private:
         return t.as<float>();
     }
 
+    /// The word-embedding table: f32, or f16 (row-major). Values are not scanned here (that would touch every page
+    /// at load); like f32 tensors, they are covered by the blob checksum and the converter refuses non-finite ones.
+    void bind_word_embeddings(const blob::reader& r, std::size_t vocab, std::size_t H) {
+        const std::string name = "embeddings.word_embeddings.weight";
+        const blob::tensor_view& t = find_shaped(r, name, {vocab, H});
+        if (t.type == blob::dtype::f16 && t.layout == 0 && t.quant == 0) {
+            word16_ = t.as<std::uint16_t>();
+            word_ = nullptr;
+            return;
+        }
+        word_ = bind(r, name, {vocab, H});
+    }
+
     /// A linear weight: int8 (layout 2, S8P16K4 with its .scale/.row_sum companions, used in place) or f32.
     void bind_any_linear(const blob::reader& r, const std::string& name, std::size_t out, std::size_t in,
                          const float*& f32, packed_s8& s8) {
@@ -463,7 +481,8 @@ private:
     std::shared_ptr<detail::thread_pool> pool_;
     std::vector<std::shared_ptr<std::vector<float>>> owned_;  // weights packed at load (row-major blobs only)
     std::vector<std::shared_ptr<std::vector<float>>> owned_bias_;  // concatenated Q|K|V biases (3 H per layer)
-    const float* word_ = nullptr;
+    const float* word_ = nullptr;            // f32 word embeddings, or
+    const std::uint16_t* word16_ = nullptr;  // f16 ones (docs/FORMAT.md; halves the largest tensor)
     const float* pos_ = nullptr;
     const float* type_ = nullptr;
     const float* emb_ln_g_ = nullptr;
