@@ -458,17 +458,19 @@ BERTLET_TARGET(BERTLET_S8_AVX2) inline __m256 s8_act_avx2(__m256 v, activation a
 }
 
 // Loads 8 floats of a row, times the per-column smoothing factors if any.
+template <bool SMOOTH>
 BERTLET_TARGET(BERTLET_S8_AVX2) __attribute__((always_inline))
 inline __m256 s8_ld_avx2(const float* x, const float* cs, std::size_t i) {
     const __m256 v = _mm256_loadu_ps(x + i);
-    return cs ? _mm256_mul_ps(v, _mm256_loadu_ps(cs + i)) : v;
+    return SMOOTH ? _mm256_mul_ps(v, _mm256_loadu_ps(cs + i)) : v;
 }
 
 // Quantizes rows [m0, m1): pass 1 max|xs|, pass 2 xs * (127 / max) -> nearest-even s32 -> packed to s8 with signed
 // saturation (a NaN gives INT_MIN -> -128), then max(., -127): the same values as the scalar clamp.
+template <bool SMOOTH>
 BERTLET_TARGET(BERTLET_S8_AVX2)
-inline void s8_quantize_rows_avx2(const float* X, std::size_t ldx, const float* cs, std::size_t K, std::uint8_t* q,
-                                  std::size_t ldq, float* sx, std::size_t m0, std::size_t m1, bool u8) {
+void s8_quantize_rows_avx2(const float* X, std::size_t ldx, const float* cs, std::size_t K, std::uint8_t* q,
+                           std::size_t ldq, float* sx, std::size_t m0, std::size_t m1, bool u8) {
     const std::uint8_t flip = u8 ? 0x80 : 0x00;
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     const __m256i lo8 = _mm256_set1_epi8(-127), flip8 = _mm256_set1_epi8(static_cast<char>(flip));
@@ -481,10 +483,10 @@ inline void s8_quantize_rows_avx2(const float* X, std::size_t ldx, const float* 
         __m256 mx0 = _mm256_setzero_ps(), mx1 = _mm256_setzero_ps();
         std::size_t i = 0;
         for (; i + 16 <= K; i += 16) {
-            mx0 = _mm256_max_ps(mx0, _mm256_and_ps(s8_ld_avx2(x, cs, i), absmask));
-            mx1 = _mm256_max_ps(mx1, _mm256_and_ps(s8_ld_avx2(x, cs, i + 8), absmask));
+            mx0 = _mm256_max_ps(mx0, _mm256_and_ps(s8_ld_avx2<SMOOTH>(x, cs, i), absmask));
+            mx1 = _mm256_max_ps(mx1, _mm256_and_ps(s8_ld_avx2<SMOOTH>(x, cs, i + 8), absmask));
         }
-        for (; i + 8 <= K; i += 8) mx0 = _mm256_max_ps(mx0, _mm256_and_ps(s8_ld_avx2(x, cs, i), absmask));
+        for (; i + 8 <= K; i += 8) mx0 = _mm256_max_ps(mx0, _mm256_and_ps(s8_ld_avx2<SMOOTH>(x, cs, i), absmask));
         const __m256 vmax = _mm256_max_ps(mx0, mx1);
         __m128 h = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
         h = _mm_max_ps(h, _mm_movehl_ps(h, h));
@@ -496,17 +498,17 @@ inline void s8_quantize_rows_avx2(const float* X, std::size_t ldx, const float* 
         const __m256 vinv = _mm256_set1_ps(inv);
         i = 0;
         for (; i + 32 <= K; i += 32) {
-            const __m256i c0 = _mm256_cvtps_epi32(_mm256_mul_ps(s8_ld_avx2(x, cs, i), vinv));
-            const __m256i c1 = _mm256_cvtps_epi32(_mm256_mul_ps(s8_ld_avx2(x, cs, i + 8), vinv));
-            const __m256i c2 = _mm256_cvtps_epi32(_mm256_mul_ps(s8_ld_avx2(x, cs, i + 16), vinv));
-            const __m256i c3 = _mm256_cvtps_epi32(_mm256_mul_ps(s8_ld_avx2(x, cs, i + 24), vinv));
+            const __m256i c0 = _mm256_cvtps_epi32(_mm256_mul_ps(s8_ld_avx2<SMOOTH>(x, cs, i), vinv));
+            const __m256i c1 = _mm256_cvtps_epi32(_mm256_mul_ps(s8_ld_avx2<SMOOTH>(x, cs, i + 8), vinv));
+            const __m256i c2 = _mm256_cvtps_epi32(_mm256_mul_ps(s8_ld_avx2<SMOOTH>(x, cs, i + 16), vinv));
+            const __m256i c3 = _mm256_cvtps_epi32(_mm256_mul_ps(s8_ld_avx2<SMOOTH>(x, cs, i + 24), vinv));
             __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(c0, c1), _mm256_packs_epi32(c2, c3));
             b = _mm256_permutevar8x32_epi32(b, perm);
             b = _mm256_xor_si256(_mm256_max_epi8(b, lo8), flip8);
             _mm256_storeu_si256(reinterpret_cast<__m256i*>(qr + i), b);
         }
         for (; i + 8 <= K; i += 8) {
-            __m256i v = _mm256_cvtps_epi32(_mm256_mul_ps(s8_ld_avx2(x, cs, i), vinv));
+            __m256i v = _mm256_cvtps_epi32(_mm256_mul_ps(s8_ld_avx2<SMOOTH>(x, cs, i), vinv));
             v = _mm256_min_epi32(_mm256_max_epi32(v, lo), hi);
             const __m128i s16 = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
             _mm_storel_epi64(reinterpret_cast<__m128i*>(qr + i), _mm_xor_si128(_mm_packs_epi16(s16, s16), flipv));
@@ -520,67 +522,75 @@ inline void s8_quantize_rows_avx2(const float* X, std::size_t ldx, const float* 
     }
 }
 
-// Epilogue for one row x one panel (two ymm of 8 s32). U8: VNNI form, subtract 128 * row_sum.
-template <bool RAW, bool U8>
+// Epilogue of an MR x NR-panel tile (two ymm of 8 s32 per row and panel); per-panel operands loaded once. Partial
+// panels (columns past N) are staged through a buffer so nothing past column N is read or written.
+template <int MR, int NR, bool RAW>
 BERTLET_TARGET(BERTLET_S8_AVX2) __attribute__((always_inline))
-inline void s8_store_avx2(const s8_job& a, std::size_t m, std::size_t n0, __m256i c0, __m256i c1) {
-    if (n0 >= a.N) return;
-    if (U8) {
-        c0 = _mm256_sub_epi32(c0, _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.w->row_sums + n0)), 7));
-        c1 = _mm256_sub_epi32(c1, _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.w->row_sums + n0 + 8)), 7));
-    }
-    const std::size_t valid = std::min<std::size_t>(16, a.N - n0);
-    if (RAW) {
-        alignas(32) std::int32_t t[16];
-        _mm256_store_si256(reinterpret_cast<__m256i*>(t), c0);
-        _mm256_store_si256(reinterpret_cast<__m256i*>(t + 8), c1);
-        std::memcpy(a.C + m * a.ldc + n0, t, valid * 4);
-        return;
-    }
-    const __m256 vs = _mm256_set1_ps(a.sx[m]);
-    const __m256 s0 = _mm256_mul_ps(vs, _mm256_loadu_ps(a.w->scales + n0));
-    const __m256 s1 = _mm256_mul_ps(vs, _mm256_loadu_ps(a.w->scales + n0 + 8));
-    float* y = a.Y + m * a.ldy + n0;
-    const float* bp = a.bias ? a.bias + n0 : nullptr;
-    const float* rp = a.res ? a.res + m * a.ldr + n0 : nullptr;
-    alignas(32) float tb[16], tr[16];
-    if (valid < 16) {  // partial panel: stage the inputs (never read past column N)
-        if (bp) {
-            std::memset(tb, 0, sizeof tb);
-            std::memcpy(tb, bp, valid * 4);
-            bp = tb;
+inline void s8_tile_store_avx2(const s8_job& a, std::size_t m0, std::size_t p0, __m256i (&acc)[MR][NR][2]) {
+#pragma GCC unroll 4
+    for (int j = 0; j < NR; ++j) {
+        const std::size_t n0 = (p0 + j) * 16;
+        if (n0 >= a.N) break;
+        const std::size_t valid = std::min<std::size_t>(16, a.N - n0);
+        if (RAW) {
+#pragma GCC unroll 8
+            for (int i = 0; i < MR; ++i) {
+                alignas(32) std::int32_t t[16];
+                _mm256_store_si256(reinterpret_cast<__m256i*>(t), acc[i][j][0]);
+                _mm256_store_si256(reinterpret_cast<__m256i*>(t + 8), acc[i][j][1]);
+                std::memcpy(a.C + (m0 + i) * a.ldc + n0, t, valid * 4);
+            }
+            continue;
         }
-        if (rp) {
-            std::memset(tr, 0, sizeof tr);
-            std::memcpy(tr, rp, valid * 4);
-            rp = tr;
+        const __m256 ws0 = _mm256_loadu_ps(a.w->scales + n0), ws1 = _mm256_loadu_ps(a.w->scales + n0 + 8);
+        __m256 b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps();
+        if (a.bias) {
+            if (valid == 16) {
+                b0 = _mm256_loadu_ps(a.bias + n0);
+                b1 = _mm256_loadu_ps(a.bias + n0 + 8);
+            } else {
+                alignas(32) float tb[16] = {};
+                std::memcpy(tb, a.bias + n0, valid * 4);
+                b0 = _mm256_load_ps(tb);
+                b1 = _mm256_load_ps(tb + 8);
+            }
+        }
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; ++i) {
+            const std::size_t m = m0 + i;
+            const __m256 vs = _mm256_set1_ps(a.sx[m]);
+            const __m256 s0 = _mm256_mul_ps(vs, ws0), s1 = _mm256_mul_ps(vs, ws1);
+            const __m256 f0 = _mm256_cvtepi32_ps(acc[i][j][0]), f1 = _mm256_cvtepi32_ps(acc[i][j][1]);
+            __m256 y0 = a.bias ? _mm256_fmadd_ps(f0, s0, b0) : _mm256_mul_ps(f0, s0);
+            __m256 y1 = a.bias ? _mm256_fmadd_ps(f1, s1, b1) : _mm256_mul_ps(f1, s1);
+            float* y = a.Y + m * a.ldy + n0;
+            if (a.res) {
+                const float* r = a.res + m * a.ldr + n0;
+                if (valid == 16) {
+                    y0 = _mm256_add_ps(y0, _mm256_loadu_ps(r));
+                    y1 = _mm256_add_ps(y1, _mm256_loadu_ps(r + 8));
+                } else {
+                    alignas(32) float tr[16] = {};
+                    std::memcpy(tr, r, valid * 4);
+                    y0 = _mm256_add_ps(y0, _mm256_load_ps(tr));
+                    y1 = _mm256_add_ps(y1, _mm256_load_ps(tr + 8));
+                }
+            }
+            if (a.act != activation::none) {
+                y0 = s8_act_avx2(y0, a.act);
+                y1 = s8_act_avx2(y1, a.act);
+            }
+            if (valid == 16) {
+                _mm256_storeu_ps(y, y0);
+                _mm256_storeu_ps(y + 8, y1);
+            } else {
+                alignas(32) float t[16];
+                _mm256_store_ps(t, y0);
+                _mm256_store_ps(t + 8, y1);
+                std::memcpy(y, t, valid * 4);
+            }
         }
     }
-    __m256 y0, y1;
-    if (bp) {
-        y0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(c0), s0, _mm256_loadu_ps(bp));
-        y1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(c1), s1, _mm256_loadu_ps(bp + 8));
-    } else {
-        y0 = _mm256_mul_ps(_mm256_cvtepi32_ps(c0), s0);
-        y1 = _mm256_mul_ps(_mm256_cvtepi32_ps(c1), s1);
-    }
-    if (rp) {
-        y0 = _mm256_add_ps(y0, _mm256_loadu_ps(rp));
-        y1 = _mm256_add_ps(y1, _mm256_loadu_ps(rp + 8));
-    }
-    if (a.act != activation::none) {
-        y0 = s8_act_avx2(y0, a.act);
-        y1 = s8_act_avx2(y1, a.act);
-    }
-    if (valid == 16) {
-        _mm256_storeu_ps(y, y0);
-        _mm256_storeu_ps(y + 8, y1);
-        return;
-    }
-    alignas(32) float t[16];
-    _mm256_store_ps(t, y0);
-    _mm256_store_ps(t + 8, y1);
-    std::memcpy(y, t, valid * 4);
 }
 
 // AVX2 without VNNI: products |w| * (sign(w) * x) via vpmaddubsw (never saturates: |x|, |w| <= 127), vpmaddwd with
@@ -619,11 +629,7 @@ void s8_kernel_avx2(const s8_job& a, std::size_t m0, std::size_t p0) {
                 }
         }
     }
-#pragma GCC unroll 8
-    for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-        for (int j = 0; j < NR; ++j)
-            s8_store_avx2<RAW, false>(a, m0 + i, (p0 + j) * 16, acc[i][j][0], acc[i][j][1]);
+    s8_tile_store_avx2<MR, NR, RAW>(a, m0, p0, acc);
 }
 
 struct s8_fam_avx2 {
@@ -639,11 +645,20 @@ void s8_kernel_avx_vnni(const s8_job& a, std::size_t m0, std::size_t p0) {
     const std::size_t kp = a.w->k_padded;
     const std::int8_t* wp = a.w->data + p0 * 16 * kp;
     const std::size_t ps = 16 * kp;
-    __m256i acc[MR][NR][2];
-#pragma GCC unroll 8
-    for (int i = 0; i < MR; ++i)
+    __m256i acc[MR][NR][2];  // start at -128 * row_sum (the u8 correction), as the AVX-512 VNNI kernel
 #pragma GCC unroll 4
-        for (int j = 0; j < NR; ++j) acc[i][j][0] = acc[i][j][1] = _mm256_setzero_si256();
+    for (int j = 0; j < NR; ++j) {
+        const std::int32_t* rs = a.w->row_sums + (p0 + j) * 16;
+        const __m256i c0 = _mm256_sub_epi32(_mm256_setzero_si256(),
+                                            _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rs)), 7));
+        const __m256i c1 = _mm256_sub_epi32(
+            _mm256_setzero_si256(), _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rs + 8)), 7));
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; ++i) {
+            acc[i][j][0] = c0;
+            acc[i][j][1] = c1;
+        }
+    }
     const std::uint8_t* xr = a.xq + m0 * a.ldq;
     for (std::size_t g = 0; g < a.groups; ++g) {
         __m256i w[NR][2];
@@ -662,11 +677,7 @@ void s8_kernel_avx_vnni(const s8_job& a, std::size_t m0, std::size_t p0) {
             }
         }
     }
-#pragma GCC unroll 8
-    for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-        for (int j = 0; j < NR; ++j)
-            s8_store_avx2<RAW, true>(a, m0 + i, (p0 + j) * 16, acc[i][j][0], acc[i][j][1]);
+    s8_tile_store_avx2<MR, NR, RAW>(a, m0, p0, acc);
 }
 
 struct s8_fam_avx_vnni {
@@ -729,21 +740,24 @@ BERTLET_TARGET(BERTLET_S8_AVX512) inline __m512 s8_act_avx512(__m512 v, activati
     return v;
 }
 
+template <bool SMOOTH>
 BERTLET_TARGET(BERTLET_S8_AVX512) __attribute__((always_inline))
 inline __m512 s8_ld_avx512(const float* x, const float* cs, std::size_t i) {
     const __m512 v = _mm512_loadu_ps(x + i);
-    return cs ? _mm512_mul_ps(v, _mm512_loadu_ps(cs + i)) : v;
+    return SMOOTH ? _mm512_mul_ps(v, _mm512_loadu_ps(cs + i)) : v;
 }
+template <bool SMOOTH>
 BERTLET_TARGET(BERTLET_S8_AVX512) __attribute__((always_inline))
 inline __m512 s8_ldm_avx512(const float* x, const float* cs, std::size_t i, __mmask16 k) {
     const __m512 v = _mm512_maskz_loadu_ps(k, x + i);
-    return cs ? _mm512_mul_ps(v, _mm512_maskz_loadu_ps(k, cs + i)) : v;
+    return SMOOTH ? _mm512_mul_ps(v, _mm512_maskz_loadu_ps(k, cs + i)) : v;
 }
 
 // As s8_quantize_rows_avx2, 64 floats per step (4 zmm -> packs -> one 64-byte store).
+template <bool SMOOTH>
 BERTLET_TARGET(BERTLET_S8_AVX512)
-inline void s8_quantize_rows_avx512(const float* X, std::size_t ldx, const float* cs, std::size_t K, std::uint8_t* q,
-                                    std::size_t ldq, float* sx, std::size_t m0, std::size_t m1, bool u8) {
+void s8_quantize_rows_avx512(const float* X, std::size_t ldx, const float* cs, std::size_t K, std::uint8_t* q,
+                             std::size_t ldq, float* sx, std::size_t m0, std::size_t m1, bool u8) {
     const std::uint8_t flip = u8 ? 0x80 : 0x00;
     const __m512i lo8 = _mm512_set1_epi8(-127), flip8 = _mm512_set1_epi8(static_cast<char>(flip));
     const __m512i perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
@@ -755,69 +769,77 @@ inline void s8_quantize_rows_avx512(const float* X, std::size_t ldx, const float
                mx3 = _mm512_setzero_ps();
         std::size_t i = 0;
         for (; i + 64 <= K; i += 64) {
-            mx0 = _mm512_max_ps(mx0, _mm512_abs_ps(s8_ld_avx512(x, cs, i)));
-            mx1 = _mm512_max_ps(mx1, _mm512_abs_ps(s8_ld_avx512(x, cs, i + 16)));
-            mx2 = _mm512_max_ps(mx2, _mm512_abs_ps(s8_ld_avx512(x, cs, i + 32)));
-            mx3 = _mm512_max_ps(mx3, _mm512_abs_ps(s8_ld_avx512(x, cs, i + 48)));
+            mx0 = _mm512_max_ps(mx0, _mm512_abs_ps(s8_ld_avx512<SMOOTH>(x, cs, i)));
+            mx1 = _mm512_max_ps(mx1, _mm512_abs_ps(s8_ld_avx512<SMOOTH>(x, cs, i + 16)));
+            mx2 = _mm512_max_ps(mx2, _mm512_abs_ps(s8_ld_avx512<SMOOTH>(x, cs, i + 32)));
+            mx3 = _mm512_max_ps(mx3, _mm512_abs_ps(s8_ld_avx512<SMOOTH>(x, cs, i + 48)));
         }
-        for (; i + 16 <= K; i += 16) mx0 = _mm512_max_ps(mx0, _mm512_abs_ps(s8_ld_avx512(x, cs, i)));
+        for (; i + 16 <= K; i += 16) mx0 = _mm512_max_ps(mx0, _mm512_abs_ps(s8_ld_avx512<SMOOTH>(x, cs, i)));
         const __mmask16 tail = static_cast<__mmask16>((1u << (K - i)) - 1u);
-        if (tail) mx1 = _mm512_max_ps(mx1, _mm512_abs_ps(s8_ldm_avx512(x, cs, i, tail)));
+        if (tail) mx1 = _mm512_max_ps(mx1, _mm512_abs_ps(s8_ldm_avx512<SMOOTH>(x, cs, i, tail)));
         const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(mx0, mx1), _mm512_max_ps(mx2, mx3)));
         const float inv = amax > 0.f ? 127.f / amax : 0.f;
         sx[m] = amax / 127.f;
         const __m512 vinv = _mm512_set1_ps(inv);
         for (i = 0; i + 64 <= K; i += 64) {
-            const __m512i c0 = _mm512_cvtps_epi32(_mm512_mul_ps(s8_ld_avx512(x, cs, i), vinv));
-            const __m512i c1 = _mm512_cvtps_epi32(_mm512_mul_ps(s8_ld_avx512(x, cs, i + 16), vinv));
-            const __m512i c2 = _mm512_cvtps_epi32(_mm512_mul_ps(s8_ld_avx512(x, cs, i + 32), vinv));
-            const __m512i c3 = _mm512_cvtps_epi32(_mm512_mul_ps(s8_ld_avx512(x, cs, i + 48), vinv));
+            const __m512i c0 = _mm512_cvtps_epi32(_mm512_mul_ps(s8_ld_avx512<SMOOTH>(x, cs, i), vinv));
+            const __m512i c1 = _mm512_cvtps_epi32(_mm512_mul_ps(s8_ld_avx512<SMOOTH>(x, cs, i + 16), vinv));
+            const __m512i c2 = _mm512_cvtps_epi32(_mm512_mul_ps(s8_ld_avx512<SMOOTH>(x, cs, i + 32), vinv));
+            const __m512i c3 = _mm512_cvtps_epi32(_mm512_mul_ps(s8_ld_avx512<SMOOTH>(x, cs, i + 48), vinv));
             __m512i b = _mm512_packs_epi16(_mm512_packs_epi32(c0, c1), _mm512_packs_epi32(c2, c3));
             b = _mm512_permutexvar_epi32(perm, b);
             b = _mm512_xor_si512(_mm512_max_epi8(b, lo8), flip8);
             _mm512_storeu_si512(qr + i, b);
         }
         for (; i + 16 <= K; i += 16) {
-            const __m128i b = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(s8_ld_avx512(x, cs, i), vinv)));
+            const __m128i b = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(s8_ld_avx512<SMOOTH>(x, cs, i), vinv)));
             _mm_storeu_si128(reinterpret_cast<__m128i*>(qr + i), _mm_xor_si128(_mm_max_epi8(b, lo16), flip16));
         }
         if (tail) {
-            const __m128i b = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(s8_ldm_avx512(x, cs, i, tail), vinv)));
+            const __m128i b = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(s8_ldm_avx512<SMOOTH>(x, cs, i, tail), vinv)));
             _mm_mask_storeu_epi8(qr + i, tail, _mm_xor_si128(_mm_max_epi8(b, lo16), flip16));
         }
         for (i = K; i < ldq; ++i) qr[i] = flip;
     }
 }
 
-// Epilogue of an MR x NR-panel tile (shared by both AVX-512 kernels). U8: VNNI form, subtract 128 * row_sum.
-template <int MR, int NR, bool RAW, bool U8>
+// Epilogue of an MR x NR-panel tile (shared by both AVX-512 kernels; the VNNI kernel has already applied the u8
+// correction); per-panel operands loaded once, per-row scale broadcast once.
+template <int MR, int NR, bool RAW>
 BERTLET_TARGET(BERTLET_S8_AVX512) __attribute__((always_inline))
 inline void s8_tile_store_avx512(const s8_job& a, std::size_t m0, std::size_t p0, __m512i (&acc)[MR][NR]) {
+    __mmask16 mk[NR];
+    __m512 ws[NR], bias[NR];
+    int np = 0;  // panels with columns < N
 #pragma GCC unroll 4
     for (int j = 0; j < NR; ++j) {
         const std::size_t n0 = (p0 + j) * 16;
         if (n0 >= a.N) break;
+        ++np;
         const std::size_t valid = std::min<std::size_t>(16, a.N - n0);
-        const __mmask16 mk = static_cast<__mmask16>(valid == 16 ? 0xFFFFu : (1u << valid) - 1u);
-        const __m512i rs7 = U8 ? _mm512_slli_epi32(_mm512_loadu_si512(a.w->row_sums + n0), 7) : _mm512_setzero_si512();
-        if (RAW) {
+        mk[j] = static_cast<__mmask16>(valid == 16 ? 0xFFFFu : (1u << valid) - 1u);
+        ws[j] = _mm512_loadu_ps(a.w->scales + n0);
+        bias[j] = a.bias ? _mm512_maskz_loadu_ps(mk[j], a.bias + n0) : _mm512_setzero_ps();
+    }
 #pragma GCC unroll 16
-            for (int i = 0; i < MR; ++i)
-                _mm512_mask_storeu_epi32(a.C + (m0 + i) * a.ldc + n0, mk,
-                                         U8 ? _mm512_sub_epi32(acc[i][j], rs7) : acc[i][j]);
-            continue;
-        }
-        const __m512 ws = _mm512_loadu_ps(a.w->scales + n0);
-        const __m512 bias = a.bias ? _mm512_maskz_loadu_ps(mk, a.bias + n0) : _mm512_setzero_ps();
-#pragma GCC unroll 16
-        for (int i = 0; i < MR; ++i) {
-            const std::size_t m = m0 + i;
-            const __m512i c = U8 ? _mm512_sub_epi32(acc[i][j], rs7) : acc[i][j];
-            const __m512 s = _mm512_mul_ps(_mm512_set1_ps(a.sx[m]), ws);
-            __m512 y = a.bias ? _mm512_fmadd_ps(_mm512_cvtepi32_ps(c), s, bias) : _mm512_mul_ps(_mm512_cvtepi32_ps(c), s);
-            if (a.res) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mk, a.res + m * a.ldr + n0));
+    for (int i = 0; i < MR; ++i) {
+        const std::size_t m = m0 + i;
+        const __m512 sxv = _mm512_set1_ps(a.sx[m]);
+#pragma GCC unroll 4
+        for (int j = 0; j < NR; ++j) {
+            if (j >= np) break;
+            const std::size_t n0 = (p0 + j) * 16;
+            const __m512i c = acc[i][j];
+            if (RAW) {
+                _mm512_mask_storeu_epi32(a.C + m * a.ldc + n0, mk[j], c);
+                continue;
+            }
+            const __m512 s = _mm512_mul_ps(sxv, ws[j]);
+            __m512 y = a.bias ? _mm512_fmadd_ps(_mm512_cvtepi32_ps(c), s, bias[j])
+                              : _mm512_mul_ps(_mm512_cvtepi32_ps(c), s);
+            if (a.res) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mk[j], a.res + m * a.ldr + n0));
             if (a.act != activation::none) y = s8_act_avx512(y, a.act);
-            _mm512_mask_storeu_ps(a.Y + m * a.ldy + n0, mk, y);
+            _mm512_mask_storeu_ps(a.Y + m * a.ldy + n0, mk[j], y);
         }
     }
 }
@@ -855,7 +877,7 @@ void s8_kernel_avx512(const s8_job& a, std::size_t m0, std::size_t p0) {
             }
         }
     }
-    s8_tile_store_avx512<MR, NR, RAW, false>(a, m0, p0, acc);
+    s8_tile_store_avx512<MR, NR, RAW>(a, m0, p0, acc);
 }
 
 struct s8_fam_avx512 {
@@ -871,11 +893,16 @@ BERTLET_TARGET(BERTLET_S8_AVX512 ",avx512vnni")
 void s8_kernel_avx512_vnni(const s8_job& a, std::size_t m0, std::size_t p0) {
     const std::size_t ps = 16 * a.w->k_padded;
     const std::int8_t* wp = a.w->data + p0 * ps;
+    // the accumulators start at -128 * row_sum (the u8 correction; no overflow: |acc| < 383 * 127 * K < 2^31 for
+    // K < 44000), so the epilogue has nothing to subtract
     __m512i acc[MR][NR];
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
-        for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_si512();
+    for (int j = 0; j < NR; ++j) {
+        const __m512i c = _mm512_sub_epi32(_mm512_setzero_si512(),
+                                           _mm512_slli_epi32(_mm512_loadu_si512(a.w->row_sums + (p0 + j) * 16), 7));
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; ++i) acc[i][j] = c;
+    }
     const std::uint8_t* xr = a.xq + m0 * a.ldq;
     const std::size_t ldq = a.ldq;
     for (std::size_t g = 0; g < a.groups; ++g) {
@@ -889,7 +916,7 @@ void s8_kernel_avx512_vnni(const s8_job& a, std::size_t m0, std::size_t p0) {
             for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], xb, w[j]);
         }
     }
-    s8_tile_store_avx512<MR, NR, RAW, true>(a, m0, p0, acc);
+    s8_tile_store_avx512<MR, NR, RAW>(a, m0, p0, acc);
 }
 
 template <int MR_, int NR_>
@@ -922,9 +949,15 @@ inline void s8_quantize_rows(s8_path p, const float* X, std::size_t ldx, const f
     switch (p) {
 #if defined(BERTLET_S8_X86)
         case s8_path::avx2:
-        case s8_path::avx_vnni: s8_quantize_rows_avx2(X, ldx, cs, K, q, ldq, sx, m0, m1, u8); return;
+        case s8_path::avx_vnni:
+            if (cs) s8_quantize_rows_avx2<true>(X, ldx, cs, K, q, ldq, sx, m0, m1, u8);
+            else s8_quantize_rows_avx2<false>(X, ldx, cs, K, q, ldq, sx, m0, m1, u8);
+            return;
         case s8_path::avx512:
-        case s8_path::avx512_vnni: s8_quantize_rows_avx512(X, ldx, cs, K, q, ldq, sx, m0, m1, u8); return;
+        case s8_path::avx512_vnni:
+            if (cs) s8_quantize_rows_avx512<true>(X, ldx, cs, K, q, ldq, sx, m0, m1, u8);
+            else s8_quantize_rows_avx512<false>(X, ldx, cs, K, q, ldq, sx, m0, m1, u8);
+            return;
 #endif
         default: s8_quantize_rows_scalar(X, ldx, cs, K, q, ldq, sx, m0, m1, u8); return;
     }

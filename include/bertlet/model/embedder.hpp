@@ -39,6 +39,9 @@ struct load_options {
     /// not depend on this number. Concurrent calls on one embedder share its workers one call at a time, so for
     /// many concurrent requests prefer threads = 1 and one calling thread per core.
     std::size_t threads = 1;
+    /// int8 models only: run attention's P*V matmul in bf16 (fp32 accumulation) when the avx512 path runs on a CPU
+    /// with AVX512_BF16. Faster, slightly less accurate (docs/INT8.md); ignored elsewhere. Off by default.
+    bool bf16_attention = false;
 };
 
 /// Per-thread scratch for embedding; reuse it across calls.
@@ -223,8 +226,9 @@ private:
         wordpiece_tokenizer tok;
         encoder enc;
         state(blob::reader&& r, const bert_config& c, pooling_config p, wordpiece_tokenizer&& t, isa arch,
-              std::size_t threads)
-            : reader(std::move(r)), cfg(c), pool(p), tok(std::move(t)), enc(reader, cfg, arch, threads) {}
+              std::size_t threads, bool bf16_attention)
+            : reader(std::move(r)), cfg(c), pool(p), tok(std::move(t)),
+              enc(reader, cfg, arch, threads, bf16_attention) {}
     };
 
     static wordpiece_tokenizer make_tokenizer(const blob::reader& r, const bert_config& c) {
@@ -243,7 +247,7 @@ private:
         wordpiece_tokenizer tok = make_tokenizer(r, c);
         embedder e;
         const isa arch = opt.arch ? *opt.arch : detail::default_isa();
-        e.s_ = std::make_shared<const state>(std::move(r), c, p, std::move(tok), arch, opt.threads);
+        e.s_ = std::make_shared<const state>(std::move(r), c, p, std::move(tok), arch, opt.threads, opt.bf16_attention);
         if (opt.verify) e.verify();
         return e;
     }

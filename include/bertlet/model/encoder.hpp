@@ -24,6 +24,7 @@
 #include "bertlet/error.hpp"
 #include "bertlet/kernels/basic.hpp"
 #include "bertlet/kernels/dispatch.hpp"
+#include "bertlet/kernels/gemm_bf16.hpp"
 #include "bertlet/kernels/gemm_s8.hpp"
 #include "bertlet/model/config.hpp"
 
@@ -84,6 +85,10 @@ struct layer_weights {
     const float *wi, *bi, *wo2, *bo2, *ln2_g, *ln2_b;
     // int8 linears (layout 2 blobs): a view with data != nullptr replaces the f32 weight of the same linear
     packed_s8 q8, k8, v8, o8, i8, o28;
+    // their per-input-channel activation smoothing (`<weight>.act_scale`, K floats; null = none; docs/INT8.md).
+    // Q, K and V quantize their shared input once, so their act_scale must be identical (checked at load).
+    const float *as_q = nullptr, *as_k = nullptr, *as_v = nullptr, *as_o = nullptr, *as_i = nullptr,
+                *as_o2 = nullptr;
     // Q, K and V as one GEMM (f32 weights whose panel count is even): bqkv = [bq | bk | bv], owned by the encoder
     const float* bqkv = nullptr;
 };
@@ -109,6 +114,7 @@ struct exec_context {
     const kernel_table* k = nullptr;
     thread_pool* pool = nullptr;  // null: run on the calling thread
     s8_path s8 = s8_path::scalar;  // the int8 GEMM path that goes with k's ISA
+    bool bf16_attention = false;   // attention matmuls in bf16 (int8 models on AVX512_BF16 CPUs; docs/INT8.md)
 };
 }  // namespace detail
 
@@ -136,14 +142,22 @@ struct encoder_block {
         float* scratch = ws.scratch_.data();
         const std::size_t stride = ws.stride_;
 
-        auto linear = [&](const float* a, ptrdiff_t in, const float* wp, const packed_s8& w8, const float* b,
-                          ptrdiff_t out, float* y, const float* residual, detail::activation fn) {
-            if (w8.data) {  // int8 weights: dynamic per-token activation quantization, exact integer GEMM
-                gemm_s8(ex.s8, a, static_cast<std::size_t>(T), static_cast<std::size_t>(in),
-                        static_cast<std::size_t>(in), w8, b, y, static_cast<std::size_t>(out), ws.s8_.data());
-                if (residual)
-                    for (ptrdiff_t i = 0; i < T * out; ++i) y[i] += residual[i];
-                if (fn != detail::activation::none) K.activate(y, T * out, fn);
+        auto linear = [&](const float* a, ptrdiff_t in, const float* wp, const packed_s8& w8, const float* as,
+                          const float* b, ptrdiff_t out, float* y, const float* residual, detail::activation fn) {
+            if (w8.data) {  // int8 weights: per-token activation quantization (once, over the pool), exact integer
+                            // GEMM with bias / residual / GELU fused in its epilogue
+                const s8_activations A = quantize_activations_s8_parallel(
+                    ex.pool, ex.s8, a, static_cast<std::size_t>(T), static_cast<std::size_t>(in),
+                    static_cast<std::size_t>(in), as, ws.s8_.data());
+                s8_gemm g;
+                g.W = &w8;
+                g.ep.bias = b;
+                g.ep.residual = residual;
+                g.ep.ldr = static_cast<std::size_t>(out);
+                g.ep.act = fn;
+                g.Y = y;
+                g.ldy = static_cast<std::size_t>(out);
+                gemm_s8_parallel(ex.pool, ex.s8, A, &g, 1);
                 return;
             }
             detail::gemm_args g;
@@ -163,7 +177,24 @@ struct encoder_block {
         };
         const auto none = detail::activation::none;
         ptrdiff_t ldqkv = H;  // row stride of Q, K and V
-        if (w.bqkv) {  // one GEMM over [Wq; Wk; Wv]: A is packed once, outputs side by side in q: [T, 3H]
+        if (w.q8.data && w.k8.data && w.v8.data) {  // int8 Q, K, V: quantize x once, three GEMMs in one pool job
+            const s8_activations A = quantize_activations_s8_parallel(
+                ex.pool, ex.s8, x, static_cast<std::size_t>(T), static_cast<std::size_t>(H),
+                static_cast<std::size_t>(H), w.as_q, ws.s8_.data());
+            s8_gemm g[3];
+            const packed_s8* W3[3] = {&w.q8, &w.k8, &w.v8};
+            const float* b3[3] = {w.bq, w.bk, w.bv};
+            for (int j = 0; j < 3; ++j) {
+                g[j].W = W3[j];
+                g[j].ep.bias = b3[j];
+                g[j].Y = q + j * H;
+                g[j].ldy = static_cast<std::size_t>(3 * H);
+            }
+            gemm_s8_parallel(ex.pool, ex.s8, A, g, 3);
+            k = q + H;
+            v = q + 2 * H;
+            ldqkv = 3 * H;
+        } else if (w.bqkv) {  // one GEMM over [Wq; Wk; Wv]: A is packed once, outputs side by side in q: [T, 3H]
             detail::gemm_args g;
             g.a = x;
             g.lda = H;
@@ -182,9 +213,9 @@ struct encoder_block {
             v = q + 2 * H;
             ldqkv = 3 * H;
         } else {
-            linear(x, H, w.wq, w.q8, w.bq, H, q, nullptr, none);
-            linear(x, H, w.wk, w.k8, w.bk, H, k, nullptr, none);
-            linear(x, H, w.wv, w.v8, w.bv, H, v, nullptr, none);
+            linear(x, H, w.wq, w.q8, w.as_q, w.bq, H, q, nullptr, none);
+            linear(x, H, w.wk, w.k8, w.as_k, w.bk, H, k, nullptr, none);
+            linear(x, H, w.wv, w.v8, w.as_v, w.bv, H, v, nullptr, none);
         }
 
         // Attention, one task per (sequence, head): pack K_h and V_h into panels, then per tile of query rows
@@ -201,6 +232,38 @@ struct encoder_block {
             float* kp = gs + detail::gemm_scratch_floats();
             float* vp = kp + detail::packed_n16_size(static_cast<std::size_t>(L), static_cast<std::size_t>(D));
             float* sc = vp + detail::packed_n16_size(static_cast<std::size_t>(D), static_cast<std::size_t>(L));
+            if (ex.bf16_attention) {  // P V in bf16 (fp32 accumulation); the scores Q K^T stay fp32: their rounding
+                                      // errors would be exponentiated by the softmax
+                auto* vp16 = reinterpret_cast<std::uint16_t*>(vp);  // bf16 panels take at most half the floats
+                detail::pack_n16(k + off * ldqkv + h * D, L, D, ldqkv, kp);
+                pack_bf16_kn(v + off * ldqkv + h * D, L, D, ldqkv, vp16);
+                for (ptrdiff_t q0 = 0; q0 < L; q0 += QT) {
+                    const ptrdiff_t qt = std::min(QT, L - q0);
+                    detail::gemm_args g1;
+                    g1.a = q + (off + q0) * ldqkv + h * D;
+                    g1.lda = ldqkv;
+                    g1.b = kp;
+                    g1.c = sc;
+                    g1.ldc = L;
+                    g1.m = qt;
+                    g1.n = L;
+                    g1.k = D;
+                    g1.ep.alpha = scale;
+                    K.gemm(g1, 0, qt, 0, detail::panels_of(L), gs);
+                    K.softmax(sc, qt, L, L);
+                    gemm_bf16_args g2;
+                    g2.a = sc;
+                    g2.lda = L;
+                    g2.b = vp16;
+                    g2.c = ctx + (off + q0) * H + h * D;
+                    g2.ldc = H;
+                    g2.m = qt;
+                    g2.n = D;
+                    g2.k = L;
+                    gemm_bf16(g2, 0, qt, 0, detail::panels_of(D), gs);
+                }
+                return;
+            }
             detail::pack_n16(k + off * ldqkv + h * D, L, D, ldqkv, kp);   // K_h as a weight [L outputs, D inputs]
             detail::pack_kn16(v + off * ldqkv + h * D, L, D, ldqkv, vp);  // V_h as B [L, D]
             for (ptrdiff_t q0 = 0; q0 < L; q0 += QT) {
@@ -236,10 +299,10 @@ struct encoder_block {
 
         const detail::activation fn =
             act == detail::gelu_kind::erf ? detail::activation::gelu_erf : detail::activation::gelu_tanh;
-        linear(ctx, H, w.wo, w.o8, w.bo, H, tmp, x, none);        // tmp = attn_out + x
-        layernorm(K, ex, tmp, T, H, w.ln1_g, w.ln1_b, eps);  // tmp = LN(tmp)
-        linear(tmp, H, w.wi, w.i8, w.bi, I, inter, nullptr, fn);  // inter = GELU(tmp Wi + bi)
-        linear(inter, I, w.wo2, w.o28, w.bo2, H, x, tmp, none);    // x = ffn_out + tmp
+        linear(ctx, H, w.wo, w.o8, w.as_o, w.bo, H, tmp, x, none);         // tmp = attn_out + x
+        layernorm(K, ex, tmp, T, H, w.ln1_g, w.ln1_b, eps);              // tmp = LN(tmp)
+        linear(tmp, H, w.wi, w.i8, w.as_i, w.bi, I, inter, nullptr, fn);  // inter = GELU(tmp Wi + bi)
+        linear(inter, I, w.wo2, w.o28, w.as_o2, w.bo2, H, x, tmp, none);   // x = ffn_out + tmp
         layernorm(K, ex, x, T, H, w.ln2_g, w.ln2_b, eps);    // x = LN(x)
     }
 
@@ -265,7 +328,8 @@ struct encoder_block {
 /// concurrent forward passes on one encoder then share that pool one at a time).
 class encoder {
 public:
-    encoder(const blob::reader& r, const bert_config& c, isa arch = detail::default_isa(), std::size_t threads = 1)
+    encoder(const blob::reader& r, const bert_config& c, isa arch = detail::default_isa(), std::size_t threads = 1,
+            bool bf16_attention = false)
         : cfg_(c), kernels_(&detail::kernels_for(arch)), s8_(s8_path_for(arch)) {
         if (threads < 1 || threads > 1024)
             throw input_error(errc::bad_argument, "threads = " + std::to_string(threads) + " is outside 1..1024");
@@ -280,22 +344,27 @@ public:
         for (std::size_t l = 0; l < c.num_layers; ++l) {
             const std::string p = "encoder.layer." + std::to_string(l) + ".";
             layer_weights w{};
-            bind_any_linear(r, p + "attention.self.query.weight", H, H, w.wq, w.q8);
+            bind_any_linear(r, p + "attention.self.query.weight", H, H, w.wq, w.q8, w.as_q);
             w.bq = bind(r, p + "attention.self.query.bias", {H});
-            bind_any_linear(r, p + "attention.self.key.weight", H, H, w.wk, w.k8);
+            bind_any_linear(r, p + "attention.self.key.weight", H, H, w.wk, w.k8, w.as_k);
             w.bk = bind(r, p + "attention.self.key.bias", {H});
-            bind_any_linear(r, p + "attention.self.value.weight", H, H, w.wv, w.v8);
+            bind_any_linear(r, p + "attention.self.value.weight", H, H, w.wv, w.v8, w.as_v);
             w.bv = bind(r, p + "attention.self.value.bias", {H});
-            bind_any_linear(r, p + "attention.output.dense.weight", H, H, w.wo, w.o8);
+            bind_any_linear(r, p + "attention.output.dense.weight", H, H, w.wo, w.o8, w.as_o);
             w.bo = bind(r, p + "attention.output.dense.bias", {H});
             w.ln1_g = bind(r, p + "attention.output.LayerNorm.weight", {H});
             w.ln1_b = bind(r, p + "attention.output.LayerNorm.bias", {H});
-            bind_any_linear(r, p + "intermediate.dense.weight", I, H, w.wi, w.i8);
+            bind_any_linear(r, p + "intermediate.dense.weight", I, H, w.wi, w.i8, w.as_i);
             w.bi = bind(r, p + "intermediate.dense.bias", {I});
-            bind_any_linear(r, p + "output.dense.weight", H, I, w.wo2, w.o28);
+            bind_any_linear(r, p + "output.dense.weight", H, I, w.wo2, w.o28, w.as_o2);
             w.bo2 = bind(r, p + "output.dense.bias", {H});
             w.ln2_g = bind(r, p + "output.LayerNorm.weight", {H});
             w.ln2_b = bind(r, p + "output.LayerNorm.bias", {H});
+            if (w.q8.data && w.k8.data && w.v8.data &&
+                (!same_act_scale(w.as_q, w.as_k, H) || !same_act_scale(w.as_q, w.as_v, H)))
+                throw model_error(errc::bad_tensor, std::string(r.source()) + ": layer " + std::to_string(l) +
+                                                        ": query, key and value share their input, so their "
+                                                        "act_scale tensors must be identical");
             // fused only when each weight is a whole number of 2-panel tiles (H % 32 == 0): output panels then
             // line up with the [Q | K | V] columns and a micro-kernel tile never straddles two weights
             if (w.wq && w.wk && w.wv && H % (2 * detail::panel_width) == 0) {
@@ -308,6 +377,9 @@ public:
             }
             layers_.push_back(w);
         }
+        // opt-in for int8 models (they already trade exactness for speed): attention's P V in bf16 where the chosen
+        // path is avx512 and the CPU has AVX512_BF16 (an fp32 model's attention always stays fp32)
+        bf16_attention_ = bf16_attention && quantized_ && kernels_->arch == isa::avx512 && bf16_supported();
     }
 
     const bert_config& config() const noexcept { return cfg_; }
@@ -319,6 +391,8 @@ public:
     bool prepacked() const noexcept { return owned_.empty(); }
     /// True if any linear weight is int8 (layout 2; docs/INT8.md).
     bool quantized() const noexcept { return quantized_; }
+    /// True if attention's P V matmul runs in bf16 (opted in; int8 models on the avx512 path with AVX512_BF16).
+    bool bf16_attention() const noexcept { return bf16_attention_; }
 
     /// Runs the encoder over a packed batch. ids/type_ids hold `tokens` entries; seqs describe the sequences.
     /// Returns a pointer to the final hidden states [tokens, H] inside `ws` (valid until its next use).
@@ -362,7 +436,7 @@ public:
                 kernels_->add3(x + t * H, wrow, pos_ + p * H, type_ + tt * H, static_cast<std::ptrdiff_t>(H));
             }
         }
-        const detail::exec_context ex{kernels_, pool_.get(), s8_};
+        const detail::exec_context ex{kernels_, pool_.get(), s8_, bf16_attention_};
         encoder_block<dynamic_shape>::layernorm(*kernels_, ex, x, static_cast<std::ptrdiff_t>(tokens),
                                                 static_cast<std::ptrdiff_t>(H), emb_ln_g_, emb_ln_b_,
                                                 cfg_.layer_norm_eps);
@@ -429,13 +503,32 @@ private:
         word_ = bind(r, name, {vocab, H});
     }
 
-    /// A linear weight: int8 (layout 2, S8P16K4 with its .scale/.row_sum companions, used in place) or f32.
+    static bool same_act_scale(const float* a, const float* b, std::size_t n) {
+        if (!a || !b) return a == b;
+        return std::equal(a, a + n, b);
+    }
+
+    /// A linear weight: int8 (layout 2, S8P16K4 with its .scale/.row_sum companions, used in place, and an optional
+    /// `.act_scale` [in] smoothing vector) or f32.
     void bind_any_linear(const blob::reader& r, const std::string& name, std::size_t out, std::size_t in,
-                         const float*& f32, packed_s8& s8) {
+                         const float*& f32, packed_s8& s8, const float*& act_scale) {
         const blob::tensor_view& t = find_shaped(r, name, {out, in});
+        act_scale = nullptr;
         if (t.layout != static_cast<std::uint32_t>(blob::layout::s8p16k4)) {
+            if (r.find(name + ".act_scale"))
+                throw model_error(errc::bad_tensor, std::string(r.source()) + ": tensor '" + name +
+                                                        ".act_scale': only int8 (layout 2) weights take an act_scale");
             f32 = bind_linear(r, name, out, in);
             return;
+        }
+        if (r.find(name + ".act_scale")) {
+            const float* as = bind(r, name + ".act_scale", {in});
+            for (std::size_t i = 0; i < in; ++i)
+                if (!(as[i] > 0.0f) || !std::isfinite(as[i]))
+                    throw model_error(errc::bad_tensor, std::string(r.source()) + ": tensor '" + name +
+                                                            ".act_scale': element " + std::to_string(i) + " = " +
+                                                            std::to_string(as[i]) + " is not a finite positive number");
+            act_scale = as;
         }
         // the reader has checked dtype i8, quant 1, nbytes and the companions' dtypes and padded shapes
         const std::size_t np = s8_pad_n(out);
@@ -478,6 +571,7 @@ private:
     const detail::kernel_table* kernels_ = nullptr;
     s8_path s8_ = s8_path::scalar;
     bool quantized_ = false;
+    bool bf16_attention_ = false;
     std::shared_ptr<detail::thread_pool> pool_;
     std::vector<std::shared_ptr<std::vector<float>>> owned_;  // weights packed at load (row-major blobs only)
     std::vector<std::shared_ptr<std::vector<float>>> owned_bias_;  // concatenated Q|K|V biases (3 H per layer)
