@@ -223,6 +223,64 @@ def test_f16_word_embeddings_option(model_dir: Path, tmp_path: Path, converted: 
     np.testing.assert_allclose(got, emb32[:3], rtol=0, atol=1e-4)
 
 
+def test_bf16_dtype_option(model_dir: Path, tmp_path: Path, converted: blob.Blob, tool, root) -> None:
+    """--dtype bf16: the six linear weights of every layer as BF16P16K2 (layout 3) bf16 bits of the f32 weights
+    rounded to nearest even; the C++ loader verifies the blob against the fp32 reference vectors (min cosine 0.999)
+    on every kernel path, and stays within 0.9999 cosine of fp32 on real sentences."""
+    import subprocess
+
+    out = tmp_path / "bf16.bertlet"
+    conv.convert(model_dir, out, progress=False, dtype="bf16")
+    b = blob.decode(out.read_bytes())
+    lin = [t for t in b.tensors if conv._PACKED_LINEAR.match(t.name)]
+    assert len(lin) == 6 * 6
+    for t in lin:
+        assert (t.dtype, t.layout, t.quant) == (blob.DT_BF16, conv.LAYOUT_BF16P16K2, 0), t.name
+        n, k = t.shape
+        assert t.nbytes == (n + 15) // 16 * 16 * ((k + 1) // 2 * 2) * 2
+    # layout spot checks against the formula and round-to-nearest-even
+    t = next(x for x in lin if x.name == "encoder.layer.2.intermediate.dense.weight")
+    w = _logical(converted, next(x for x in converted.tensors if x.name == t.name))
+    bits = np.frombuffer(b.raw, dtype="<u2", count=t.nbytes // 2, offset=b.data_offset + t.offset)
+    n, k = w.shape
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        i, j = int(rng.integers(n)), int(rng.integers(k))
+        off = (i // 16) * 16 * k + (j // 2) * 32 + (i % 16) * 2 + j % 2
+        f = int(np.float32(w[i, j]).view(np.uint32))
+        assert int(bits[off]) == (f + 0x7FFF + ((f >> 16) & 1)) >> 16
+    rt = (bits.astype(np.uint32) << 16).view(np.float32)
+    assert np.all(np.isfinite(rt))
+    assert b.meta["verify.min_cosine"] == conv.VERIFY_MIN_COSINE_BF16
+    assert "bf16" in b.meta["general.quantization"]
+    f32_lin = sum(x.nbytes for x in converted.tensors if conv._PACKED_LINEAR.match(x.name))
+    assert sum(x.nbytes for x in lin) * 2 == f32_lin  # half the bytes (384 and 1536 need no padding)
+    texts = ["A man is playing a guitar.", "The weather is lovely today!", "Zwei Hunde spielen im Schnee."]
+    ref = {}
+    for arch in ["avx512", "avx2", "scalar"]:
+        run = subprocess.run([tool("bertlet-embed"), "--model", str(out), "--verify", "--arch", arch], input="\n".join(
+            texts) + "\n", capture_output=True, text=True, timeout=120)
+        if run.returncode != 0 and "not supported here" in run.stderr:
+            continue
+        assert run.returncode == 0, (arch, run.stderr)
+        ref[arch] = np.array([json.loads(line)["embedding"] for line in run.stdout.splitlines()], dtype=np.float32)
+    f32 = subprocess.run([tool("bertlet-embed"), "--model", str(root / "models" / "all-MiniLM-L6-v2.bertlet")],
+                         input="\n".join(texts) + "\n", capture_output=True, text=True, timeout=120, check=True)
+    e32 = np.array([json.loads(line)["embedding"] for line in f32.stdout.splitlines()], dtype=np.float32)
+    assert "scalar" in ref
+    for arch, e in ref.items():
+        cos = (e * e32).sum(1) / np.linalg.norm(e, axis=1) / np.linalg.norm(e32, axis=1)
+        assert cos.min() > 0.9999, (arch, cos)
+
+
+def test_bf16_dtype_refusals(model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(conv.ConversionError, match="rowmajor"):
+        conv.convert(model_dir, tmp_path / "x.bertlet", verify_vectors=False, progress=False, dtype="bf16",
+                     layout="rowmajor")
+    with pytest.raises(conv.ConversionError, match="expected f32 or bf16"):
+        conv.convert(model_dir, tmp_path / "x.bertlet", verify_vectors=False, progress=False, dtype="f16")
+
+
 def test_f16_word_embeddings_refuses_out_of_range(converted: blob.Blob) -> None:
     bad = np.zeros((4, 3), np.float32)
     bad[2, 1] = 1e6

@@ -388,14 +388,15 @@ TEST_CASE("blob malformed: tensor table") {
             patch<std::uint32_t>(b, t0.dtype, d);
             CHECK_BLOB_ERROR(b, errc::bad_tensor);
         }
-        // known layouts on a tensor they do not fit (1: needs nbytes of whole 16-row panels; 2: needs i8 + quant 1)
-        for (std::uint32_t l : {1u, 2u}) {
+        // known layouts on a tensor they do not fit (1: needs nbytes of whole 16-row panels; 2: needs i8 + quant 1;
+        // 3: needs bf16)
+        for (std::uint32_t l : {1u, 2u, 3u}) {
             bytes_t b = g;
             patch<std::uint32_t>(b, t0.layout, l);
             CHECK_THROWS_WITH_AS(parse(b), doctest::Contains("[bertlet.blob.111] <memory>: tensor 'a.weight' layout"),
                                  bertlet::blob_error);
         }
-        for (std::uint32_t l : {3u, 0xFFFFFFFFu}) {  // layouts this reader does not know
+        for (std::uint32_t l : {4u, 0xFFFFFFFFu}) {  // layouts this reader does not know
             bytes_t b = g;
             patch<std::uint32_t>(b, t0.layout, l);
             CHECK_THROWS_WITH_AS(parse(b), doctest::Contains("(unknown layout)"), bertlet::blob_error);

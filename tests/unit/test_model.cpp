@@ -4,6 +4,9 @@
 
 #include <bertlet/bertlet.hpp>
 #include <bertlet/blob/writer.hpp>
+#include <bertlet/kernels/gemm_bf16.hpp>
+
+#include <array>
 
 #include <cmath>
 #include <fstream>
@@ -82,6 +85,7 @@ struct blob_hooks {
     std::size_t vocab_size_override = 0;
     bool pack_linear = false;  // write the encoder's 2-D linear weights as layout 1 (PACKED_N16), like the converter
     const std::vector<std::uint16_t>* word_f16 = nullptr;  // write the word embeddings as these f16 values
+    bool bf16_linear = false;  // write the encoder's 2-D linear weights as bf16 layout 3 (BF16P16K2)
 };
 
 std::vector<std::byte> tiny_blob(const tiny_model& m, const blob_hooks& hk = {}) {
@@ -124,6 +128,13 @@ std::vector<std::byte> tiny_blob(const tiny_model& m, const blob_hooks& hk = {})
         }
         if (hk.word_f16 && name == "embeddings.word_embeddings.weight") {
             w.add_tensor(name, bertlet::blob::dtype::f16, 0, 0, dims, hk.word_f16->data(), hk.word_f16->size() * 2);
+            continue;
+        }
+        if (hk.bf16_linear && dims.size() == 2 && name.rfind("encoder.layer.", 0) == 0) {
+            std::vector<std::uint16_t> packed(bertlet::bf16_packed_size(std::ptrdiff_t(dims[0]), std::ptrdiff_t(dims[1])));
+            bertlet::pack_bf16_ref(data.data(), std::ptrdiff_t(dims[0]), std::ptrdiff_t(dims[1]),
+                                   std::ptrdiff_t(dims[1]), packed.data());
+            w.add_tensor(name, bertlet::blob::dtype::bf16, 3, 0, dims, packed.data(), packed.size() * 2);
             continue;
         }
         if (hk.pack_linear && dims.size() == 2 && name.rfind("encoder.layer.", 0) == 0) {
@@ -290,6 +301,49 @@ TEST_CASE("f16 word embeddings give exactly the f32 model's results (every path)
             CAPTURE(text);
             CHECK(a.embed(text) == b.embed(text));
             CHECK(max_abs_diff(b.embed(text).data(), reference_embed(m, b.tokenizer().encode(text).ids)) < 2e-5);
+        }
+    }
+}
+
+TEST_CASE("bf16 (layout 3) linear weights: AVX512_BF16 kernels where available, widened to f32 elsewhere") {
+    for (const auto& c : {std::array<std::size_t, 3>{64, 2, 96}, std::array<std::size_t, 3>{24, 3, 40}}) {
+        tiny_spec s;
+        s.H = c[0];
+        s.heads = c[1];
+        s.I = c[2];
+        auto m = make_tiny(s);
+        CAPTURE(s.H);
+        // the network a bf16 blob describes: every linear weight rounded to bf16
+        tiny_model r = m;
+        for (auto& [name, data] : r.w)
+            if (r.shapes.at(name).size() == 2 && name.rfind("encoder.layer.", 0) == 0)
+                for (auto& x : data) x = bertlet::bf16_to_float(bertlet::float_to_bf16(x));
+        blob_hooks hk;
+        hk.bf16_linear = true;
+        const auto bytes = tiny_blob(m, hk);
+        std::vector<float> widened;
+        for (const auto arch : bertlet::detail::available_isas()) {
+            CAPTURE(bertlet::isa_name(arch));
+            bertlet::load_options lo;
+            lo.arch = arch;
+            const auto e = bertlet::embedder::from_bytes(bytes, lo);
+            const bool kernels = arch == bertlet::isa::avx512 && bertlet::bf16_supported();
+            CHECK(e.model_encoder().bf16_kernels() == kernels);
+            CHECK(e.model_encoder().prepacked() == kernels);  // widening packs f32 panels at load
+            for (const char* text : {"the cat sat on the mat.", "dogs running!"}) {
+                CAPTURE(text);
+                const auto got = e.embed(text);
+                const auto ref = reference_embed(r, e.tokenizer().encode(text).ids);
+                // widened weights are exact (only fp32 rounding remains); the bf16 kernels also round activations
+                CHECK(max_abs_diff(got.data(), ref) < (kernels ? 2e-2 : 2e-5));
+                double dot = 0, na = 0, nb = 0;
+                for (std::size_t i = 0; i < ref.size(); ++i) {
+                    dot += got[i] * ref[i];
+                    na += double(got[i]) * got[i];
+                    nb += ref[i] * ref[i];
+                }
+                CHECK(dot / std::sqrt(na * nb) > (kernels ? 0.999 : 0.9999999));
+            }
         }
     }
 }

@@ -62,6 +62,8 @@ from .util import sha256_file
 CONVERTER = "bertlet-convert 0.1.0"
 SUPPORTED_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh")
 VERIFY_TOLERANCE = 1e-4
+VERIFY_TOLERANCE_BF16 = 1e-2
+VERIFY_MIN_COSINE_BF16 = 0.999
 SANE_MODEL_MAX_LENGTH = 1_000_000
 # Lambda limits, compared in the stricter reading (1 MB = 10^6 bytes).
 LAMBDA_ZIPPED_DIRECT = 50_000_000
@@ -84,6 +86,27 @@ def pack_n16(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(wp.reshape(npad // PANEL, PANEL, k).transpose(0, 2, 1)).reshape(-1)
 
 
+LAYOUT_BF16P16K2 = 3
+
+
+def to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> bf16 bit patterns, round to nearest even (finite inputs; the converter refuses others)."""
+    f = np.ascontiguousarray(x, dtype="<f4").view("<u4").astype(np.uint64)
+    return ((f + 0x7FFF + ((f >> 16) & 1)) >> 16).astype("<u2")
+
+
+def pack_bf16(w: np.ndarray) -> np.ndarray:
+    """W[N, K] -> flat BF16P16K2 bf16 bits: N padded to 16, K to even Kp; value (n, k) at
+    (n/16)*16*Kp + (k/2)*32 + (n%16)*2 + k%2 (docs/FORMAT.md layout 3)."""
+    n, k = w.shape
+    npad = (n + PANEL - 1) // PANEL * PANEL
+    kp = (k + 1) // 2 * 2
+    wp = np.zeros((npad, kp), dtype=np.float32)
+    wp[:n, :k] = w
+    q = to_bf16_bits(wp).reshape(npad // PANEL, PANEL, kp // 2, 2).transpose(0, 2, 1, 3)
+    return np.ascontiguousarray(q).reshape(-1)
+
+
 def unpack_n16(flat: np.ndarray, n: int, k: int) -> np.ndarray:
     """Inverse of pack_n16: flat packed floats (ceil(N/16)*16*K of them) -> W[N, K]."""
     npad = (n + PANEL - 1) // PANEL * PANEL
@@ -97,6 +120,16 @@ class PackedTensor(blob.Tensor):
 
     def raw(self) -> bytes:
         return pack_n16(np.asarray(self.data, dtype=np.float32)).astype("<f4").tobytes()
+
+
+@dataclass
+class PackedBF16Tensor(blob.Tensor):
+    """A 2-D f32 tensor written as bf16 BF16P16K2 (layout 3): `data` keeps the logical [N, K] f32 array."""
+    dtype: int = blob.DT_BF16
+    layout: int = LAYOUT_BF16P16K2
+
+    def raw(self) -> bytes:
+        return pack_bf16(np.asarray(self.data, dtype=np.float32)).tobytes()
 
 
 _IGNORABLE = (re.compile(r"^embeddings\.position_ids$"), re.compile(r"^pooler\..*"), re.compile(r"^cls\..*"))
@@ -700,8 +733,10 @@ def convert(ckpt_dir: Path, out: Path, name: Optional[str] = None, verify_vector
             word_embeddings: str = "f32") -> Result:
     ckpt_dir = Path(ckpt_dir)
     out = Path(out)
-    if dtype != "f32":
-        raise ConversionError(f"--dtype {dtype!r}: only f32 is supported by this converter version")
+    if dtype not in ("f32", "bf16"):
+        raise ConversionError(f"--dtype {dtype!r}: expected f32 or bf16 (int8: bertlet-quantize)")
+    if dtype == "bf16" and layout != "packed":
+        raise ConversionError("--dtype bf16 writes packed (layout 3) linear weights; --layout rowmajor does not apply")
     if layout not in ("packed", "rowmajor"):
         raise ConversionError(f"--layout {layout!r}: expected packed or rowmajor")
     if word_embeddings not in ("f32", "f16"):
@@ -733,7 +768,12 @@ def convert(ckpt_dir: Path, out: Path, name: Optional[str] = None, verify_vector
     raw = load_weights(wfile)
     tensors, ignored = map_tensors(raw, cfg, wfile, tdir / "config.json")
     del raw
-    if layout == "packed":
+    if dtype == "bf16":
+        for t in tensors:
+            if _PACKED_LINEAR.match(t.name) and not np.all(np.isfinite(t.data)):
+                raise ConversionError(f"tensor '{t.name}': holds non-finite values")
+        tensors = [PackedBF16Tensor(t.name, t.data) if _PACKED_LINEAR.match(t.name) else t for t in tensors]
+    elif layout == "packed":
         tensors = [PackedTensor(t.name, t.data) if _PACKED_LINEAR.match(t.name) else t for t in tensors]
     if word_embeddings == "f16":
         tensors = [word_embeddings_f16(t) if t.name == WORD_EMBEDDINGS else t for t in tensors]
@@ -782,6 +822,12 @@ def convert(ckpt_dir: Path, out: Path, name: Optional[str] = None, verify_vector
         meta["verify.texts"] = texts
         meta["verify.embeddings"] = emb.reshape(-1).astype(np.float32)
         meta["verify.tolerance"] = VERIFY_TOLERANCE
+        if dtype == "bf16":  # bf16 weights and activations: the fp32 reference is met within bf16 rounding
+            meta["verify.tolerance"] = VERIFY_TOLERANCE_BF16
+            meta["verify.min_cosine"] = VERIFY_MIN_COSINE_BF16
+    if dtype == "bf16":
+        meta["general.quantization"] = ("bf16 linear weights (BF16P16K2, round to nearest even); activations rounded "
+                                        "to bf16 at each linear, fp32 accumulation; everything else f32")
     if word_embeddings == "f16":
         meta["general.word_embeddings"] = "f16"
 
@@ -820,9 +866,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="general.name (default: the checkpoint directory's name)")
     p.add_argument("--no-verify-vectors", action="store_true",
                    help="do not run Hugging Face to store verify.* reference vectors")
-    p.add_argument("--dtype", choices=["f32"], default="f32",
-                   help="tensor dtype; only f32 for now (the format also describes f16/bf16/int8, "
-                        "which this converter does not write yet)")
+    p.add_argument("--dtype", choices=["f32", "bf16"], default="f32",
+                   help="encoder linear weights: f32 (default), or bf16 (layout 3: half the size, run with "
+                        "AVX512_BF16 dot products where the CPU has them, widened to f32 at load elsewhere); int8 is "
+                        "bertlet-quantize")
     p.add_argument("--layout", choices=["packed", "rowmajor"], default="packed",
                    help="packed (default): encoder linear weights pre-packed for the GEMM kernels (layout 1, "
                         "PACKED_N16); rowmajor: every tensor row-major (layout 0; packed at load instead)")

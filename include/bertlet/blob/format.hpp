@@ -60,12 +60,12 @@ enum class dtype : std::uint32_t { f32 = 0, f16 = 1, bf16 = 2, i8 = 3, i32 = 4 }
 // packed_n16: a 2-D f32 weight [N, K] stored as ceil(N/16) panels of K x 16 floats (kernels/packed.hpp, FORMAT.md).
 // s8p16k4: a 2-D i8 weight [N, K] (quant 1) packed for the int8 GEMM: N padded to 16, K to 4 (kernels/gemm_s8.hpp,
 // docs/INT8.md); companions '<name>.scale' (f32) and '<name>.row_sum' (i32), both [ceil(N/16)*16].
-enum class layout : std::uint32_t { row_major = 0, packed_n16 = 1, s8p16k4 = 2 };
+enum class layout : std::uint32_t { row_major = 0, packed_n16 = 1, s8p16k4 = 2, bf16p16k2 = 3 };
 enum class quant : std::uint32_t { none = 0, per_row_symmetric = 1 };
 enum class value_type : std::uint32_t { u64 = 1, i64, f64, boolean, str, arr_str, arr_i64, arr_f32 };
 
 inline constexpr bool dtype_known(std::uint32_t v) noexcept { return v <= 4; }
-inline constexpr bool layout_known(std::uint32_t v) noexcept { return v <= 2; }
+inline constexpr bool layout_known(std::uint32_t v) noexcept { return v <= 3; }
 inline constexpr bool quant_known(std::uint32_t v) noexcept { return v <= 1; }
 inline constexpr bool value_type_known(std::uint32_t v) noexcept { return v >= 1 && v <= 8; }
 
@@ -146,6 +146,13 @@ inline bool packed_n16_nbytes(std::uint64_t n, std::uint64_t k, std::uint64_t& o
 inline bool s8p16k4_nbytes(std::uint64_t n, std::uint64_t k, std::uint64_t& out) noexcept {
     std::uint64_t rows = 0, cols = 0;
     return checked_add(n, 15, rows) && checked_add(k, 3, cols) && checked_mul(rows / 16 * 16, cols / 4 * 4, out);
+}
+
+/// nbytes a BF16P16K2 tensor must have: ceil(dims[0] / 16) * 16 * ceil(dims[1] / 2) * 2 * 2 (false on overflow).
+inline bool bf16p16k2_nbytes(std::uint64_t n, std::uint64_t k, std::uint64_t& out) noexcept {
+    std::uint64_t rows = 0, cols = 0;
+    return checked_add(n, 15, rows) && checked_add(k, 1, cols) && checked_mul(rows / 16 * 16, cols / 2 * 2, out) &&
+           checked_mul(out, 2, out);
 }
 
 inline bool checked_align_up(std::uint64_t x, std::uint64_t a, std::uint64_t& out) noexcept {

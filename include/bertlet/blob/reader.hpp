@@ -607,7 +607,7 @@ inline void reader::parse_table() {
         t.type = static_cast<dtype>(dt);
         if (!layout_known(t.layout))
             fail(errc::bad_tensor, tq + " layout at offset " + n2s(dtype_pos + 4) +
-                                       ": expected 0 (row-major), 1 (packed_n16) or 2 (s8p16k4), got " + n2s(t.layout) +
+                                       ": expected 0 (row-major), 1 (packed_n16), 2 (s8p16k4) or 3 (bf16p16k2), got " + n2s(t.layout) +
                                        " (unknown layout)");
         if (!quant_known(t.quant))
             fail(errc::bad_tensor, tq + " quant at offset " + n2s(dtype_pos + 8) + ": expected 0 or 1, got " + n2s(t.quant));
@@ -645,6 +645,15 @@ inline void reader::parse_table() {
                                            ": layout 2 (s8p16k4) needs a 2-D i8 tensor with quant 1, got " +
                                            t.shape_str() + " of " + dtype_name(t.type) + " quant " + n2s(t.quant));
             if (!detail::s8p16k4_nbytes(t.dims[0], t.dims[1], want_nbytes))
+                fail(errc::bad_tensor, tq + " at offset " + n2s(entry_pos) + ": packed shape " + t.shape_str() +
+                                           " overflows 64 bits");
+        }
+        if (t.layout == static_cast<std::uint32_t>(bertlet::blob::layout::bf16p16k2)) {
+            if (t.type != dtype::bf16 || t.ndim != 2 || t.quant != 0)
+                fail(errc::bad_tensor, tq + " layout at offset " + n2s(dtype_pos + 4) +
+                                           ": layout 3 (bf16p16k2) needs a 2-D bf16 tensor without quant, got " +
+                                           t.shape_str() + " of " + dtype_name(t.type) + " quant " + n2s(t.quant));
+            if (!detail::bf16p16k2_nbytes(t.dims[0], t.dims[1], want_nbytes))
                 fail(errc::bad_tensor, tq + " at offset " + n2s(entry_pos) + ": packed shape " + t.shape_str() +
                                            " overflows 64 bits");
         }

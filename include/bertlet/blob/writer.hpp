@@ -142,6 +142,8 @@ public:
                 ok = type == dtype::f32 && dims.size() == 2 && detail::packed_n16_nbytes(dims[0], dims[1], n);
             if (ok && layout == static_cast<std::uint32_t>(bertlet::blob::layout::s8p16k4))
                 ok = type == dtype::i8 && dims.size() == 2 && detail::s8p16k4_nbytes(dims[0], dims[1], n);
+            if (ok && layout == static_cast<std::uint32_t>(bertlet::blob::layout::bf16p16k2))
+                ok = type == dtype::bf16 && dims.size() == 2 && detail::bf16p16k2_nbytes(dims[0], dims[1], n);
             if (!ok) throw blob_error(errc::bad_tensor, "tensor '" + name + "': bad shape");
             if (n != nbytes)
                 throw blob_error(errc::bad_tensor, "tensor '" + name + "': nbytes " + std::to_string(nbytes) +

@@ -89,7 +89,10 @@ struct layer_weights {
     // Q, K and V quantize their shared input once, so their act_scale must be identical (checked at load).
     const float *as_q = nullptr, *as_k = nullptr, *as_v = nullptr, *as_o = nullptr, *as_i = nullptr,
                 *as_o2 = nullptr;
-    // Q, K and V as one GEMM (f32 weights whose panel count is even): bqkv = [bq | bk | bv], owned by the encoder
+    // bf16 linears (layout 3, BF16P16K2; used when the CPU has AVX512_BF16, else widened to f32 at load)
+    const std::uint16_t *q16 = nullptr, *k16 = nullptr, *v16 = nullptr, *o16 = nullptr, *i16 = nullptr,
+                        *o216 = nullptr;
+    // Q, K and V as one GEMM (f32 or bf16 weights, H % 32 == 0): bqkv = [bq | bk | bv], owned by the encoder
     const float* bqkv = nullptr;
 };
 
@@ -143,7 +146,25 @@ struct encoder_block {
         const std::size_t stride = ws.stride_;
 
         auto linear = [&](const float* a, ptrdiff_t in, const float* wp, const packed_s8& w8, const float* as,
-                          const float* b, ptrdiff_t out, float* y, const float* residual, detail::activation fn) {
+                          const std::uint16_t* w16, const float* b, ptrdiff_t out, float* y, const float* residual,
+                          detail::activation fn) {
+            if (w16) {  // bf16 weights: A rounded to bf16 while packing, fp32 accumulation, fused epilogue
+                gemm_bf16_args g;
+                g.a = a;
+                g.lda = in;
+                g.b = w16;
+                g.c = y;
+                g.ldc = out;
+                g.m = T;
+                g.n = out;
+                g.k = in;
+                g.ep.bias = b;
+                g.ep.residual = residual;
+                g.ep.ldr = out;
+                g.ep.act = fn;
+                gemm_bf16_parallel(ex.pool, g, scratch, stride * sizeof(float));
+                return;
+            }
             if (w8.data) {  // int8 weights: per-token activation quantization (once, over the pool), exact integer
                             // GEMM with bias / residual / GELU fused in its epilogue
                 const s8_activations A = quantize_activations_s8_parallel(
@@ -194,6 +215,24 @@ struct encoder_block {
             k = q + H;
             v = q + 2 * H;
             ldqkv = 3 * H;
+        } else if (w.bqkv && w.q16) {  // bf16 Q|K|V as one GEMM over the three packed weights
+            gemm_bf16_args g;
+            g.a = x;
+            g.lda = H;
+            g.bseg[0] = w.q16;
+            g.bseg[1] = w.k16;
+            g.bseg[2] = w.v16;
+            g.seg_panels = detail::panels_of(H);
+            g.c = q;
+            g.ldc = 3 * H;
+            g.m = T;
+            g.n = 3 * H;
+            g.k = H;
+            g.ep.bias = w.bqkv;
+            gemm_bf16_parallel(ex.pool, g, scratch, stride * sizeof(float));
+            k = q + H;
+            v = q + 2 * H;
+            ldqkv = 3 * H;
         } else if (w.bqkv) {  // one GEMM over [Wq; Wk; Wv]: A is packed once, outputs side by side in q: [T, 3H]
             detail::gemm_args g;
             g.a = x;
@@ -213,9 +252,9 @@ struct encoder_block {
             v = q + 2 * H;
             ldqkv = 3 * H;
         } else {
-            linear(x, H, w.wq, w.q8, w.as_q, w.bq, H, q, nullptr, none);
-            linear(x, H, w.wk, w.k8, w.as_k, w.bk, H, k, nullptr, none);
-            linear(x, H, w.wv, w.v8, w.as_v, w.bv, H, v, nullptr, none);
+            linear(x, H, w.wq, w.q8, w.as_q, w.q16, w.bq, H, q, nullptr, none);
+            linear(x, H, w.wk, w.k8, w.as_k, w.k16, w.bk, H, k, nullptr, none);
+            linear(x, H, w.wv, w.v8, w.as_v, w.v16, w.bv, H, v, nullptr, none);
         }
 
         // Attention, one task per (sequence, head): pack K_h and V_h into panels, then per tile of query rows
@@ -299,10 +338,10 @@ struct encoder_block {
 
         const detail::activation fn =
             act == detail::gelu_kind::erf ? detail::activation::gelu_erf : detail::activation::gelu_tanh;
-        linear(ctx, H, w.wo, w.o8, w.as_o, w.bo, H, tmp, x, none);         // tmp = attn_out + x
-        layernorm(K, ex, tmp, T, H, w.ln1_g, w.ln1_b, eps);              // tmp = LN(tmp)
-        linear(tmp, H, w.wi, w.i8, w.as_i, w.bi, I, inter, nullptr, fn);  // inter = GELU(tmp Wi + bi)
-        linear(inter, I, w.wo2, w.o28, w.as_o2, w.bo2, H, x, tmp, none);   // x = ffn_out + tmp
+        linear(ctx, H, w.wo, w.o8, w.as_o, w.o16, w.bo, H, tmp, x, none);          // tmp = attn_out + x
+        layernorm(K, ex, tmp, T, H, w.ln1_g, w.ln1_b, eps);                       // tmp = LN(tmp)
+        linear(tmp, H, w.wi, w.i8, w.as_i, w.i16, w.bi, I, inter, nullptr, fn);   // inter = GELU(tmp Wi + bi)
+        linear(inter, I, w.wo2, w.o28, w.as_o2, w.o216, w.bo2, H, x, tmp, none);   // x = ffn_out + tmp
         layernorm(K, ex, x, T, H, w.ln2_g, w.ln2_b, eps);    // x = LN(x)
     }
 
@@ -330,7 +369,8 @@ class encoder {
 public:
     encoder(const blob::reader& r, const bert_config& c, isa arch = detail::default_isa(), std::size_t threads = 1,
             bool bf16_attention = false)
-        : cfg_(c), kernels_(&detail::kernels_for(arch)), s8_(s8_path_for(arch)) {
+        : cfg_(c), kernels_(&detail::kernels_for(arch)), s8_(s8_path_for(arch)),
+          use_bf16_(kernels_->arch == isa::avx512 && bf16_supported()) {
         if (threads < 1 || threads > 1024)
             throw input_error(errc::bad_argument, "threads = " + std::to_string(threads) + " is outside 1..1024");
         if (threads > 1) pool_ = std::make_shared<detail::thread_pool>(threads);
@@ -344,19 +384,19 @@ public:
         for (std::size_t l = 0; l < c.num_layers; ++l) {
             const std::string p = "encoder.layer." + std::to_string(l) + ".";
             layer_weights w{};
-            bind_any_linear(r, p + "attention.self.query.weight", H, H, w.wq, w.q8, w.as_q);
+            bind_any_linear(r, p + "attention.self.query.weight", H, H, w.wq, w.q8, w.as_q, w.q16);
             w.bq = bind(r, p + "attention.self.query.bias", {H});
-            bind_any_linear(r, p + "attention.self.key.weight", H, H, w.wk, w.k8, w.as_k);
+            bind_any_linear(r, p + "attention.self.key.weight", H, H, w.wk, w.k8, w.as_k, w.k16);
             w.bk = bind(r, p + "attention.self.key.bias", {H});
-            bind_any_linear(r, p + "attention.self.value.weight", H, H, w.wv, w.v8, w.as_v);
+            bind_any_linear(r, p + "attention.self.value.weight", H, H, w.wv, w.v8, w.as_v, w.v16);
             w.bv = bind(r, p + "attention.self.value.bias", {H});
-            bind_any_linear(r, p + "attention.output.dense.weight", H, H, w.wo, w.o8, w.as_o);
+            bind_any_linear(r, p + "attention.output.dense.weight", H, H, w.wo, w.o8, w.as_o, w.o16);
             w.bo = bind(r, p + "attention.output.dense.bias", {H});
             w.ln1_g = bind(r, p + "attention.output.LayerNorm.weight", {H});
             w.ln1_b = bind(r, p + "attention.output.LayerNorm.bias", {H});
-            bind_any_linear(r, p + "intermediate.dense.weight", I, H, w.wi, w.i8, w.as_i);
+            bind_any_linear(r, p + "intermediate.dense.weight", I, H, w.wi, w.i8, w.as_i, w.i16);
             w.bi = bind(r, p + "intermediate.dense.bias", {I});
-            bind_any_linear(r, p + "output.dense.weight", H, I, w.wo2, w.o28, w.as_o2);
+            bind_any_linear(r, p + "output.dense.weight", H, I, w.wo2, w.o28, w.as_o2, w.o216);
             w.bo2 = bind(r, p + "output.dense.bias", {H});
             w.ln2_g = bind(r, p + "output.LayerNorm.weight", {H});
             w.ln2_b = bind(r, p + "output.LayerNorm.bias", {H});
@@ -367,7 +407,7 @@ public:
                                                         "act_scale tensors must be identical");
             // fused only when each weight is a whole number of 2-panel tiles (H % 32 == 0): output panels then
             // line up with the [Q | K | V] columns and a micro-kernel tile never straddles two weights
-            if (w.wq && w.wk && w.wv && H % (2 * detail::panel_width) == 0) {
+            if (((w.wq && w.wk && w.wv) || (w.q16 && w.k16 && w.v16)) && H % (2 * detail::panel_width) == 0) {
                 auto b = std::make_shared<std::vector<float>>(3 * H);
                 std::copy(w.bq, w.bq + H, b->data());
                 std::copy(w.bk, w.bk + H, b->data() + H);
@@ -391,6 +431,9 @@ public:
     bool prepacked() const noexcept { return owned_.empty(); }
     /// True if any linear weight is int8 (layout 2; docs/INT8.md).
     bool quantized() const noexcept { return quantized_; }
+    /// True if the blob's linear weights are bf16 (layout 3) and run on the AVX512_BF16 kernels (false when they
+    /// were widened to f32 at load because this CPU or the chosen path lacks them).
+    bool bf16_kernels() const noexcept { return bf16_weights_ && use_bf16_; }
     /// True if attention's P V matmul runs in bf16 (opted in; int8 models on the avx512 path with AVX512_BF16).
     bool bf16_attention() const noexcept { return bf16_attention_; }
 
@@ -511,9 +554,32 @@ private:
     /// A linear weight: int8 (layout 2, S8P16K4 with its .scale/.row_sum companions, used in place, and an optional
     /// `.act_scale` [in] smoothing vector) or f32.
     void bind_any_linear(const blob::reader& r, const std::string& name, std::size_t out, std::size_t in,
-                         const float*& f32, packed_s8& s8, const float*& act_scale) {
+                         const float*& f32, packed_s8& s8, const float*& act_scale, const std::uint16_t*& b16) {
         const blob::tensor_view& t = find_shaped(r, name, {out, in});
         act_scale = nullptr;
+        b16 = nullptr;
+        if (t.layout == static_cast<std::uint32_t>(blob::layout::bf16p16k2)) {
+            // the reader has checked dtype bf16, no quant and nbytes
+            bf16_weights_ = true;
+            if (use_bf16_) {
+                b16 = t.as<std::uint16_t>();
+                f32 = nullptr;
+                return;
+            }
+            // no AVX512_BF16 here (or another path was chosen): widen once to f32 panels (exact)
+            const std::uint16_t* src = t.as<std::uint16_t>();
+            const std::ptrdiff_t kp = bf16_pad_k(static_cast<std::ptrdiff_t>(in));
+            auto packed = std::make_shared<std::vector<float>>(detail::packed_n16_size(out, in));
+            float* dst = packed->data();
+            const std::ptrdiff_t np = detail::panels_of(static_cast<std::ptrdiff_t>(out)), K = static_cast<std::ptrdiff_t>(in);
+            for (std::ptrdiff_t p = 0; p < np; ++p)
+                for (std::ptrdiff_t kk = 0; kk < K; ++kk)
+                    for (std::ptrdiff_t j = 0; j < 16; ++j)
+                        dst[(p * K + kk) * 16 + j] = bf16_to_float(src[p * 16 * kp + (kk / 2) * 32 + j * 2 + kk % 2]);
+            owned_.push_back(packed);
+            f32 = packed->data();
+            return;
+        }
         if (t.layout != static_cast<std::uint32_t>(blob::layout::s8p16k4)) {
             if (r.find(name + ".act_scale"))
                 throw model_error(errc::bad_tensor, std::string(r.source()) + ": tensor '" + name +
@@ -572,6 +638,8 @@ private:
     s8_path s8_ = s8_path::scalar;
     bool quantized_ = false;
     bool bf16_attention_ = false;
+    bool use_bf16_ = false;     // bf16 (layout 3) weights run on the AVX512_BF16 kernels (else widened at load)
+    bool bf16_weights_ = false;  // the blob has bf16 linear weights
     std::shared_ptr<detail::thread_pool> pool_;
     std::vector<std::shared_ptr<std::vector<float>>> owned_;  // weights packed at load (row-major blobs only)
     std::vector<std::shared_ptr<std::vector<float>>> owned_bias_;  // concatenated Q|K|V biases (3 H per layer)
