@@ -71,6 +71,15 @@ if [ ! -f "$BLOB" ] || [ "$(cat "$BLOB.stamp" 2>/dev/null)" != "$CONV_HASH" ]; t
   echo "$CONV_HASH" > "$BLOB.stamp"
 fi
 
+# 4a. bf16 blob (linears bf16, word embeddings f16: 46 MB, fits Lambda's 50 MB zipped upload) ----------------------
+BBLOB="$MODELS/all-MiniLM-L6-v2.bf16.bertlet"
+if [ ! -f "$BBLOB" ] || [ "$(cat "$BBLOB.stamp" 2>/dev/null)" != "$CONV_HASH" ]; then
+  log "converting all-MiniLM-L6-v2 to bf16"
+  HF_HUB_OFFLINE=1 "$VENV/bin/bertlet-convert" "$MODELS/src/all-MiniLM-L6-v2" -o "$BBLOB" --name all-MiniLM-L6-v2 \
+    --dtype bf16 --word-embeddings f16
+  echo "$CONV_HASH" > "$BBLOB.stamp"
+fi
+
 # 4b. int8 blob (bertlet-quantize; docs/INT8.md) ---------------------------------------------------------------
 Q_HASH=$(cat "$BLOB.stamp" "$ROOT"/tools/bertlet_tools/{quantize_blob,quantize,int8_sim,blob}.py | sha256sum | cut -c1-16)
 QBLOB="$MODELS/all-MiniLM-L6-v2.int8.bertlet"

@@ -137,3 +137,44 @@ def test_cxx_packer_byte_exact(cxx_packer, tmp_path, n, k, m):
     np.testing.assert_array_equal(rest[: 4 * m].view(np.float32), sx)
     np.testing.assert_array_equal(rest[4 * m:].view(np.int32).reshape(m, n),
                                   qx.astype(np.int64) @ q.astype(np.int64).T)
+
+
+def test_smoothing_act_scale_formula():
+    x = np.array([4.0, 1.0, 0.0, 9.0], np.float32)
+    w = np.array([0.25, 1.0, 0.5, 0.0], np.float32)
+    a = qz.smoothing_act_scale(x, w, 0.5)
+    assert a.dtype == np.float32 and a.shape == (4,)
+    # s = x^0.5 / w^0.5; act_scale = 1 / s; channels without signal on either side get 1
+    np.testing.assert_allclose(a, [1 / 4.0, 1.0, 1.0, 1.0], rtol=1e-7)
+    np.testing.assert_allclose(qz.smoothing_act_scale(x, w, 1.0)[:2], [1 / 4.0, 1.0], rtol=1e-7)
+    np.testing.assert_allclose(qz.smoothing_act_scale(x, w, 0.0)[:2], [0.25, 1.0], rtol=1e-7)
+    with pytest.raises(ValueError):
+        qz.smoothing_act_scale(x, w, 1.5)
+    with pytest.raises(ValueError):
+        qz.smoothing_act_scale(x, w[:3], 0.5)
+
+
+def test_smoothed_linear_is_exact_algebra_and_helps_outlier_channels():
+    rng = np.random.default_rng(2)
+    X = rng.normal(0, 1, (64, 384)).astype(np.float32)
+    X[:, 7] *= 60.0  # an outlier channel, as in BERT's hidden states
+    X[:, 100] *= 25.0
+    W = rng.normal(0, 0.05, (256, 384)).astype(np.float32)
+    b = rng.normal(0, 0.1, 256).astype(np.float32)
+    a = qz.smoothing_act_scale(np.abs(X).max(0), np.abs(W).max(0), 0.6)
+    Ws = qz.smooth_weight(W, a)
+    np.testing.assert_array_equal(Ws, W / a[None, :])
+    # (X * a) Ws^T == X W^T in exact arithmetic
+    np.testing.assert_allclose((X * a).astype(np.float64) @ Ws.T.astype(np.float64),
+                               X.astype(np.float64) @ W.T.astype(np.float64), rtol=1e-4, atol=1e-3)
+    q, s = qz.quantize_per_row(Ws)
+    # W' = W / act_scale, so dequantized W' * act_scale is W within half a step of W' (times act_scale)
+    err = np.abs(qz.dequantize(q, s) * a[None, :] - W)
+    assert np.all(err <= (0.5 * s[:, None] * 1.0001 + 1e-7) * a[None, :])
+    ref = X.astype(np.float64) @ W.T.astype(np.float64) + b
+    Y = qz.linear_int8(X, q, s, b, a)
+    # linear_int8 with act_scale is exactly: multiply, then the plain int8 linear
+    np.testing.assert_array_equal(Y, qz.linear_int8(X * a, q, s, b))
+    q0, s0 = qz.quantize_per_row(W)
+    Y0 = qz.linear_int8(X, q0, s0, b)
+    assert np.abs(Y - ref).mean() < 0.7 * np.abs(Y0 - ref).mean()

@@ -7,7 +7,11 @@
 * ``row_sums(q)``: int32 sums over k (the VNNI kernels' zero-point correction), ``padded_scales`` /
   ``padded_row_sums``: the arrays the C++ ``packed_s8`` view expects (n_padded entries, zeros in the padding).
 * ``quantize_rows_dynamic(X)``: the run-time activation quantization (per row, symmetric, multiply by 127/max),
-  ``linear_int8(X, q, scales, bias)``: the kernels' math in numpy (used by the accuracy simulation).
+  ``linear_int8(X, q, scales, bias, act_scale)``: the kernels' math in numpy (used by the accuracy simulation).
+* Smoothing (SmoothQuant-style, docs/INT8.md): ``smoothing_act_scale(x_absmax, w_absmax, alpha)`` -> the per-input-
+  channel ``act_scale`` (= 1 / s, ``s_k = max|X_k|^alpha / max|W_k|^(1 - alpha)``); ``smooth_weight(W, act_scale)``
+  -> ``W' = W / act_scale`` (float32, per column k), which is then quantized per row as usual. At run time
+  ``xs = X * act_scale`` (float32 multiply) is quantized per token, so ``X W^T = xs W'^T``.
 
 numpy only.
 """
@@ -96,9 +100,45 @@ def quantize_rows_dynamic(X: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return q, (amax / np.float32(127.0)).astype(np.float32)
 
 
-def linear_int8(X: np.ndarray, q: np.ndarray, scales: np.ndarray, bias: Optional[np.ndarray] = None) -> np.ndarray:
-    """Y = X W^T + b with int8 W (per-row) and per-token dynamic int8 X: exact integer sums, f32 dequantization."""
+def smoothing_act_scale(x_absmax: np.ndarray, w_absmax: np.ndarray, alpha: float) -> np.ndarray:
+    """act_scale[k] = 1 / s_k with s_k = x_absmax[k]^alpha / w_absmax[k]^(1 - alpha) (float64 math, float32 result).
+
+    x_absmax: per-input-channel max|X[:, k]| over the calibration data; w_absmax: per-input-channel max|W[:, k]|
+    (over all the weights that share the input). A channel with no signal on either side (max 0 or non-finite)
+    gets 1. The result is > 0 and finite."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha {alpha} outside 0..1")
+    xm = np.asarray(x_absmax, np.float64)
+    wm = np.asarray(w_absmax, np.float64)
+    if xm.shape != wm.shape or xm.ndim != 1:
+        raise ValueError(f"x_absmax {xm.shape} and w_absmax {wm.shape} must be the same 1-D shape")
+    ok = (xm > 0) & (wm > 0) & np.isfinite(xm) & np.isfinite(wm)
+    xs, ws = np.where(ok, xm, 1.0), np.where(ok, wm, 1.0)
+    s = np.where(ok, xs ** alpha / ws ** (1.0 - alpha), 1.0)
+    a = (1.0 / s).astype(np.float32)
+    if not (np.all(np.isfinite(a)) and np.all(a > 0)):
+        raise ValueError("smoothing produced a non-finite or non-positive act_scale")
+    return a
+
+
+def smooth_weight(W: np.ndarray, act_scale: np.ndarray) -> np.ndarray:
+    """W'[n, k] = W[n, k] / act_scale[k] (float32 division), so that X W^T = (X * act_scale) W'^T."""
+    W = np.asarray(W, dtype=np.float32)
+    a = np.asarray(act_scale, dtype=np.float32)
+    if W.ndim != 2 or a.shape != (W.shape[1],):
+        raise ValueError(f"act_scale {a.shape} does not match the weight's input dimension {W.shape}")
+    return (W / a[None, :]).astype(np.float32)
+
+
+def linear_int8(X: np.ndarray, q: np.ndarray, scales: np.ndarray, bias: Optional[np.ndarray] = None,
+                act_scale: Optional[np.ndarray] = None) -> np.ndarray:
+    """Y = X W^T + b with int8 W (per-row) and per-token dynamic int8 X: exact integer sums, f32 dequantization.
+
+    With ``act_scale`` (smoothing), X is first multiplied per input channel (float32) and (q, scales) must be the
+    quantization of ``smooth_weight(W, act_scale)``."""
     X = np.asarray(X, dtype=np.float32)
+    if act_scale is not None:
+        X = X * np.asarray(act_scale, dtype=np.float32)
     shape = X.shape
     X2 = X.reshape(-1, shape[-1])
     qx, sx = quantize_rows_dynamic(X2)
