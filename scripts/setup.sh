@@ -80,12 +80,15 @@ if [ ! -f "$BBLOB" ] || [ "$(cat "$BBLOB.stamp" 2>/dev/null)" != "$CONV_HASH" ];
   echo "$CONV_HASH" > "$BBLOB.stamp"
 fi
 
-# 4b. int8 blob (bertlet-quantize; docs/INT8.md) ---------------------------------------------------------------
-Q_HASH=$(cat "$BLOB.stamp" "$ROOT"/tools/bertlet_tools/{quantize_blob,quantize,int8_sim,blob}.py | sha256sum | cut -c1-16)
+# 4b. int8 blob (bertlet-quantize; docs/INT8.md): all six linears int8, smoothing calibrated on STS-B train, f16 word
+#     embeddings: 36 MB -----------------------------------------------------------------------------------------
+Q_HASH=$(cat "$BLOB.stamp" "$ROOT"/tools/bertlet_tools/{quantize_blob,quantize,int8_sim,calibrate,convert,blob}.py \
+  "$ROOT/../shared/data/stsb/sts-train.csv" | sha256sum | cut -c1-16)
 QBLOB="$MODELS/all-MiniLM-L6-v2.int8.bertlet"
 if [ ! -f "$QBLOB" ] || [ "$(cat "$QBLOB.stamp" 2>/dev/null)" != "$Q_HASH" ]; then
   log "quantizing all-MiniLM-L6-v2 to int8"
-  HF_HUB_OFFLINE=1 "$VENV/bin/bertlet-quantize" "$BLOB" --checkpoint "$MODELS/src/all-MiniLM-L6-v2" -o "$QBLOB"
+  HF_HUB_OFFLINE=1 "$VENV/bin/bertlet-quantize" "$BLOB" --checkpoint "$MODELS/src/all-MiniLM-L6-v2" -o "$QBLOB" \
+    --word-embeddings f16
   echo "$Q_HASH" > "$QBLOB.stamp"
 fi
 

@@ -190,6 +190,28 @@ def test_alpha_none_is_the_plain_scheme(blob_path, ckpt, tmp_path):
     assert by["encoder.layer.0.output.dense.weight"].dtype == B.DT_F32
 
 
+def test_word_embeddings_f16(blob_path, ckpt, tmp_path, int8_blob, decoded, tool):
+    """--word-embeddings f16: the table becomes f16 (exactly the rounded fp32 values), the rest matches a default
+    run up to the calibration, and the C++ loader verifies the blob."""
+    import subprocess
+
+    out = tmp_path / "f16.bertlet"
+    figures = quantize_blob(blob_path, ckpt, out, word_embeddings="f16")
+    q = B.decode(out.read_bytes())
+    name = "embeddings.word_embeddings.weight"
+    t = {x.name: x for x in q.tensors}[name]
+    assert t.dtype == B.DT_F16 and t.layout == 0
+    f = decoded[1]
+    np.testing.assert_array_equal(q.array(name), f.array(name).astype(np.float16).astype(np.float32))
+    assert q.meta["general.word_embeddings"] == "f16"
+    assert figures["blob_bytes"] < int8_blob[1]["blob_bytes"] - f.array(name).size * 2 + 4096
+    run = subprocess.run([tool("bertlet-embed"), "--model", str(out), "--verify"], input="a quick test\n",
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    with pytest.raises(QuantizeError, match="expected f32 or f16"):
+        quantize_blob(blob_path, ckpt, tmp_path / "x.bertlet", word_embeddings="bf16")
+
+
 def test_missing_calibration_file_is_a_clear_error(blob_path, ckpt, tmp_path, monkeypatch, capsys):
     missing = tmp_path / "nope" / "sts-train.csv"
     out = tmp_path / "x.bertlet"

@@ -49,6 +49,7 @@ ALIASES = {"output": "out", "intermediate": "inter", "attention_output": "attn_o
 DEFAULT_KEEP: tuple = ()
 DEFAULT_ALPHA = 0.6  # chosen on STS-B dev (docs/INT8.md)
 VERIFY_TOLERANCE = 1e-2
+WORD_EMBEDDINGS = "embeddings.word_embeddings.weight"
 VERIFY_MIN_COSINE = 0.999
 
 
@@ -104,7 +105,9 @@ def _calibration(sim, calib: Path, calib_size: int, alpha: cal.Alpha,
 
 def quantize_blob(src: Path, checkpoint: Optional[Path], out: Path, keep_fp32: Sequence[str] = DEFAULT_KEEP,
                   verify_vectors: bool = True, alpha: cal.Alpha = DEFAULT_ALPHA, calib: Optional[Path] = None,
-                  calib_size: int = cal.DEFAULT_CALIB_SIZE) -> Dict[str, float]:
+                  calib_size: int = cal.DEFAULT_CALIB_SIZE, word_embeddings: str = "f32") -> Dict[str, float]:
+    if word_embeddings not in ("f32", "f16"):
+        raise QuantizeError(f"--word-embeddings {word_embeddings!r}: expected f32 or f16")
     b = B.decode(Path(src).read_bytes())
     meta = dict(b.meta)
     if meta.get("general.architecture") != "bert":
@@ -139,6 +142,9 @@ def quantize_blob(src: Path, checkpoint: Optional[Path], out: Path, keep_fp32: S
             raise QuantizeError(f"checkpoint {checkpoint} has {sim.layers} layers, the blob {layers}")
     act: Dict[str, np.ndarray] = {}
     n_calib = 0
+    if sim is not None and word_embeddings == "f16":  # the network the output blob describes
+        we = sim.w[WORD_EMBEDDINGS]
+        sim.w[WORD_EMBEDDINGS] = we.astype(np.float16).astype(np.float32)
     if smoothing:
         act, n_calib = _calibration(sim, calib, calib_size, alpha, kinds)
         act = {n: a for n, a in act.items() if not np.all(a == 1.0)}
@@ -170,6 +176,15 @@ def quantize_blob(src: Path, checkpoint: Optional[Path], out: Path, keep_fp32: S
                 bytes_out += a.nbytes
                 n_act += 1
             n_q += 1
+        elif t.name == WORD_EMBEDDINGS and word_embeddings == "f16" and t.dtype == B.DT_F32 and t.layout == 0:
+            from .convert import ConversionError, word_embeddings_f16
+
+            try:
+                t16 = word_embeddings_f16(B.Tensor(t.name, b.array(t.name)))
+            except ConversionError as e:
+                raise QuantizeError(str(e)) from e
+            tensors.append(t16)
+            bytes_out += len(t16.raw())
         else:
             tensors.append(RawTensor(t.name, t.shape, t.dtype, t.layout, t.quant, raw))
             bytes_out += len(raw)
@@ -186,6 +201,8 @@ def quantize_blob(src: Path, checkpoint: Optional[Path], out: Path, keep_fp32: S
     else:
         scheme += "; no smoothing"
     meta["general.quantization"] = scheme
+    if word_embeddings == "f16":
+        meta["general.word_embeddings"] = "f16"
     figures: Dict[str, float] = {"quantized_tensors": n_q, "act_scale_tensors": n_act, "calib_sentences": n_calib,
                                  "bytes_in": bytes_in, "bytes_out": bytes_out}
     if verify_vectors and "verify.texts" in meta:
@@ -232,6 +249,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--calib-size", type=int, default=cal.DEFAULT_CALIB_SIZE,
                    help=f"number of calibration sentences (default {cal.DEFAULT_CALIB_SIZE})")
     p.add_argument("--no-verify-vectors", action="store_true")
+    p.add_argument("--word-embeddings", choices=["f32", "f16"], default="f32",
+                   help="store the word-embedding table as f16 (halves the largest tensor; widened exactly at lookup; "
+                        "the reference vectors use the same rounded table)")
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
@@ -240,7 +260,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         except cal.CalibrationError as e:
             raise QuantizeError(f"--alpha: {e}") from e
         f = quantize_blob(a.blob, a.checkpoint, a.output, parse_keep(a.keep_fp32), not a.no_verify_vectors,
-                          alpha=alpha, calib=a.calib, calib_size=a.calib_size)
+                          alpha=alpha, calib=a.calib, calib_size=a.calib_size, word_embeddings=a.word_embeddings)
     except (QuantizeError, B.BlobFormatError) as e:
         print(f"bertlet-quantize: error: {e}", file=sys.stderr)
         return 1
