@@ -259,6 +259,7 @@ int main(int argc, char** argv) {
     std::string model = BERTLET_DEFAULT_MODEL, label = "fp32", tok_file, dump;
     std::vector<long> seqs{128}, batches{1};
     int threads = 1;
+    bool bf16_attention = true;  // --fp32-attention: load_options::bf16_attention = false (int8 models)
     long passes = 3;
     bool info_only = false;
     budget b;
@@ -273,6 +274,7 @@ int main(int argc, char** argv) {
             else if (a == "--seq") seqs = parse_list(next());
             else if (a == "--batch") batches = parse_list(next());
             else if (a == "--threads") threads = std::stoi(next());
+            else if (a == "--fp32-attention") bf16_attention = false;
             else if (a == "--iters" || a == "--min-iters") b.min_iters = std::stol(next());
             else if (a == "--max-iters") b.max_iters = std::stol(next());
             else if (a == "--min-time") b.min_time = std::stod(next());
@@ -299,6 +301,7 @@ int main(int argc, char** argv) {
     }
     try {
         bertlet::load_options opt;
+        opt.bf16_attention = bf16_attention;
         const thread_setting th = apply_threads(opt, threads);
         const auto l0 = clk::now();
         const bertlet::embedder m = bertlet::embedder::load(model, opt);

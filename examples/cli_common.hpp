@@ -22,6 +22,7 @@ struct options {
     std::size_t batch = 32;
     std::size_t threads = 1;
     std::string arch;                 // empty: the best path the CPU has (or $BERTLET_FORCE_ARCH)
+    bool fp32_attention = false;      // --fp32-attention (int8 models: no bf16 attention)
     std::vector<std::string> texts;  // positional
 };
 
@@ -273,6 +274,8 @@ options parse(int argc, char** argv, const char* usage, Extra&& extra) {
             const unsigned long n = std::strtoul(v.c_str(), &end, 10);
             if (!end || *end || n == 0 || n > 1024) throw usage_error("--threads must be a number in 1..1024");
             o.threads = n;
+        } else if (a == "--fp32-attention") {
+            o.fp32_attention = true;
         } else if (a == "--arch") {
             o.arch = value("--arch");
             if (o.arch != "scalar" && o.arch != "avx2" && o.arch != "avx512" && o.arch != "neon")
@@ -305,6 +308,7 @@ LoadOptions load_options_from(const options& o) {
     LoadOptions lo;
     lo.verify = o.verify;
     lo.threads = o.threads;
+    lo.bf16_attention = !o.fp32_attention;
     if (o.arch == "scalar") lo.arch = bertlet::isa::scalar;
     else if (o.arch == "avx2") lo.arch = bertlet::isa::avx2;
     else if (o.arch == "avx512") lo.arch = bertlet::isa::avx512;

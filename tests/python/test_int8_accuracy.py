@@ -6,11 +6,16 @@ import subprocess
 import sys
 
 
-def test_int8_blob_keeps_accuracy(root, tool):
+import pytest
+
+
+@pytest.mark.parametrize("attention", ["default", "fp32"])
+def test_int8_blob_keeps_accuracy(root, tool, attention):
+    """default: bf16 attention matmuls on AVX512_BF16 CPUs (fp32 elsewhere); fp32: --fp32-attention."""
     blob = root / "models" / "all-MiniLM-L6-v2.int8.bertlet"
     golden = root / "models" / "goldens" / "all-MiniLM-L6-v2.stsb-test.npz"
-    assert blob.exists(), "the int8 blob is made by scripts/setup.sh (bertlet-convert --dtype int8)"
-    cmd = f"{tool('bertlet-embed')} --model {blob} --jsonl --verify"
+    assert blob.exists(), "the int8 blob is made by scripts/setup.sh (bertlet-quantize)"
+    cmd = f"{tool('bertlet-embed')} --model {blob} --jsonl --verify" + (" --fp32-attention" if attention == "fp32" else "")
     r = subprocess.run([sys.executable, "-m", "bertlet_tools.parity", "--golden", str(golden), "--cmd", cmd, "--json",
                         "--min-cosine", "0.99", "--max-abs-diff", "1.0", "--max-spearman-delta", "0.5"],
                        capture_output=True, text=True, timeout=1800)

@@ -271,24 +271,24 @@ struct encoder_block {
             float* kp = gs + detail::gemm_scratch_floats();
             float* vp = kp + detail::packed_n16_size(static_cast<std::size_t>(L), static_cast<std::size_t>(D));
             float* sc = vp + detail::packed_n16_size(static_cast<std::size_t>(D), static_cast<std::size_t>(L));
-            if (ex.bf16_attention) {  // P V in bf16 (fp32 accumulation); the scores Q K^T stay fp32: their rounding
-                                      // errors would be exponentiated by the softmax
-                auto* vp16 = reinterpret_cast<std::uint16_t*>(vp);  // bf16 panels take at most half the floats
-                detail::pack_n16(k + off * ldqkv + h * D, L, D, ldqkv, kp);
+            if (ex.bf16_attention) {  // Q K^T and P V with bf16 operands, fp32 accumulation, fp32 softmax
+                auto* kp16 = reinterpret_cast<std::uint16_t*>(kp);  // bf16 panels take at most half the floats
+                auto* vp16 = reinterpret_cast<std::uint16_t*>(vp);
+                pack_bf16(k + off * ldqkv + h * D, L, D, ldqkv, kp16);
                 pack_bf16_kn(v + off * ldqkv + h * D, L, D, ldqkv, vp16);
                 for (ptrdiff_t q0 = 0; q0 < L; q0 += QT) {
                     const ptrdiff_t qt = std::min(QT, L - q0);
-                    detail::gemm_args g1;
+                    gemm_bf16_args g1;
                     g1.a = q + (off + q0) * ldqkv + h * D;
                     g1.lda = ldqkv;
-                    g1.b = kp;
+                    g1.b = kp16;
                     g1.c = sc;
                     g1.ldc = L;
                     g1.m = qt;
                     g1.n = L;
                     g1.k = D;
                     g1.ep.alpha = scale;
-                    K.gemm(g1, 0, qt, 0, detail::panels_of(L), gs);
+                    gemm_bf16(g1, 0, qt, 0, detail::panels_of(L), gs);
                     K.softmax(sc, qt, L, L);
                     gemm_bf16_args g2;
                     g2.a = sc;
@@ -417,7 +417,7 @@ public:
             }
             layers_.push_back(w);
         }
-        // opt-in for int8 models (they already trade exactness for speed): attention's P V in bf16 where the chosen
+        // opt-in for int8 models (they already trade exactness for speed): attention's matmuls in bf16 where the chosen
         // path is avx512 and the CPU has AVX512_BF16 (an fp32 model's attention always stays fp32)
         bf16_attention_ = bf16_attention && quantized_ && kernels_->arch == isa::avx512 && bf16_supported();
     }
@@ -434,7 +434,7 @@ public:
     /// True if the blob's linear weights are bf16 (layout 3) and run on the AVX512_BF16 kernels (false when they
     /// were widened to f32 at load because this CPU or the chosen path lacks them).
     bool bf16_kernels() const noexcept { return bf16_weights_ && use_bf16_; }
-    /// True if attention's P V matmul runs in bf16 (opted in; int8 models on the avx512 path with AVX512_BF16).
+    /// True if attention's two matmuls run in bf16 (opted in; int8 models on the avx512 path with AVX512_BF16).
     bool bf16_attention() const noexcept { return bf16_attention_; }
 
     /// Runs the encoder over a packed batch. ids/type_ids hold `tokens` entries; seqs describe the sequences.
