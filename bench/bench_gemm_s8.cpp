@@ -97,6 +97,23 @@ void bm_s8q(benchmark::State& st, s8_path p, shape s, int ep_kind) {
     set_gops(st, s);
 }
 
+void bm_s8fused(benchmark::State& st, s8_path p, shape s, int threads) {
+    if (skip(st, p)) return;
+    problem pr(s);
+    std::unique_ptr<bertlet::detail::thread_pool> pool;
+    if (threads > 1) pool = std::make_unique<bertlet::detail::thread_pool>(static_cast<std::size_t>(threads));
+    bertlet::s8_epilogue ep;
+    ep.bias = pr.b.data();
+    const auto W = pr.pk.view();
+    for (auto _ : st) {
+        bertlet::quantize_gemm_s8_parallel(pool.get(), p, pr.X.data(), s.M, s.K, s.K, nullptr, pr.scratch.data(), W,
+                                           ep, pr.Y.data(), s.N);
+        benchmark::DoNotOptimize(pr.Y.data());
+        benchmark::ClobberMemory();
+    }
+    set_gops(st, s);
+}
+
 void bm_s8mt(benchmark::State& st, s8_path p, shape s, int threads, bool with_quant) {
     if (skip(st, p)) return;
     problem pr(s);
@@ -243,6 +260,33 @@ void bm_layer_old(benchmark::State& st, s8_path p) {
     set_gops(st, {T, H, H}, 12.0);
 }
 
+// As bm_layer_new, every linear through quantize_gemm_s8_parallel (row-block split, quantization inside the tasks).
+void bm_layer_rows(benchmark::State& st, s8_path p, int threads) {
+    if (skip(st, p)) return;
+    layer L;
+    constexpr std::size_t T = layer::T, H = layer::H, I = layer::I;
+    std::unique_ptr<bertlet::detail::thread_pool> pool;
+    if (threads > 1) pool = std::make_unique<bertlet::detail::thread_pool>(static_cast<std::size_t>(threads));
+    auto* pl = pool.get();
+    const auto wq = L.wq.view(), wk = L.wk.view(), wv = L.wv.view();
+    const bertlet::s8_gemm g[3] = {{&wq, {L.bq.data(), nullptr, 0, {}}, L.q.data(), H},
+                                   {&wk, {L.bk.data(), nullptr, 0, {}}, L.k.data(), H},
+                                   {&wv, {L.bv.data(), nullptr, 0, {}}, L.v.data(), H}};
+    for (auto _ : st) {
+        bertlet::quantize_gemm_s8_parallel(pl, p, L.x.data(), T, H, H, nullptr, L.s0.data(), g, 3);
+        bertlet::quantize_gemm_s8_parallel(pl, p, L.ctx.data(), T, H, H, nullptr, L.s1.data(), L.wo.view(),
+                                           bertlet::s8_epilogue{L.bo.data(), L.x.data(), H, {}}, L.tmp.data(), H);
+        bertlet::quantize_gemm_s8_parallel(
+            pl, p, L.tmp.data(), T, H, H, nullptr, L.s0.data(), L.wi.view(),
+            bertlet::s8_epilogue{L.bi.data(), nullptr, 0, bertlet::detail::activation::gelu_erf}, L.inter.data(), I);
+        bertlet::quantize_gemm_s8_parallel(pl, p, L.inter.data(), T, I, I, nullptr, L.s1.data(), L.wo2.view(),
+                                           bertlet::s8_epilogue{L.bo2.data(), L.tmp.data(), H, {}}, L.out.data(), H);
+        benchmark::DoNotOptimize(L.out.data());
+        benchmark::ClobberMemory();
+    }
+    set_gops(st, {T, H, H}, 12.0);
+}
+
 void bm_layer_new(benchmark::State& st, s8_path p, int threads, bool fused_qkv) {
     if (skip(st, p)) return;
     layer L;
@@ -295,6 +339,9 @@ const int registered = [] {
                 RegisterBenchmark(("s8mtq_" + n + "/T" + std::to_string(t) + d).c_str(), bm_s8mt, p, s, t, true)
                     ->Unit(benchmark::kMicrosecond)
                     ->UseRealTime();
+                RegisterBenchmark(("s8fused_" + n + "/T" + std::to_string(t) + d).c_str(), bm_s8fused, p, s, t)
+                    ->Unit(benchmark::kMicrosecond)
+                    ->UseRealTime();
             }
         }
 #if defined(BERTLET_S8_X86)
@@ -326,6 +373,9 @@ const int registered = [] {
                 ->Unit(benchmark::kMicrosecond)
                 ->UseRealTime();
             RegisterBenchmark(("layer_" + n + "/new_fusedqkv_T" + std::to_string(t)).c_str(), bm_layer_new, p, t, true)
+                ->Unit(benchmark::kMicrosecond)
+                ->UseRealTime();
+            RegisterBenchmark(("layer_" + n + "/rows_T" + std::to_string(t)).c_str(), bm_layer_rows, p, t)
                 ->Unit(benchmark::kMicrosecond)
                 ->UseRealTime();
         }

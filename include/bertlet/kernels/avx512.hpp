@@ -278,8 +278,49 @@ BERTLET_TARGET_AVX512 inline void layernorm(float* x, const float* residual, std
     }
 }
 
+/// Row softmax, R rows at a time: R independent max / sum chains and horizontal reductions overlap (a 128-wide row
+/// is only 8 vectors, so one row alone is latency-bound). Each row's result is the same as with R = 1.
+template <int R>
+BERTLET_TARGET_AVX512 inline void softmax_rows(float* x, std::ptrdiff_t n, std::ptrdiff_t ld) {
+    __m512 mx[R], s[R], mv[R], iv[R];
+#pragma GCC unroll 4
+    for (int j = 0; j < R; ++j) mx[j] = _mm512_set1_ps(-INFINITY);
+    for (std::ptrdiff_t i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask(n - i);
+#pragma GCC unroll 4
+        for (int j = 0; j < R; ++j) mx[j] = _mm512_mask_max_ps(mx[j], m, mx[j], _mm512_maskz_loadu_ps(m, x + j * ld + i));
+    }
+#pragma GCC unroll 4
+    for (int j = 0; j < R; ++j) {
+        mv[j] = _mm512_set1_ps(hmax(mx[j]));
+        s[j] = _mm512_setzero_ps();
+    }
+    for (std::ptrdiff_t i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask(n - i);
+#pragma GCC unroll 4
+        for (int j = 0; j < R; ++j) {
+            float* xr = x + j * ld + i;
+            const __m512 e = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, xr), mv[j]));
+            s[j] = _mm512_mask_add_ps(s[j], m, s[j], e);
+            _mm512_mask_storeu_ps(xr, m, e);
+        }
+    }
+#pragma GCC unroll 4
+    for (int j = 0; j < R; ++j) iv[j] = _mm512_set1_ps(1.0f / hsum(s[j]));
+    for (std::ptrdiff_t i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask(n - i);
+#pragma GCC unroll 4
+        for (int j = 0; j < R; ++j) {
+            float* xr = x + j * ld + i;
+            _mm512_mask_storeu_ps(xr, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, xr), iv[j]));
+        }
+    }
+}
+
 BERTLET_TARGET_AVX512 inline void softmax(float* x, std::ptrdiff_t rows, std::ptrdiff_t n, std::ptrdiff_t ld) {
-    for (std::ptrdiff_t r = 0; r < rows; ++r) {
+    std::ptrdiff_t r0 = 0;
+    for (; r0 + 4 <= rows; r0 += 4) softmax_rows<4>(x + r0 * ld, n, ld);
+    for (std::ptrdiff_t r = r0; r < rows; ++r) {
         float* xr = x + r * ld;
         __m512 mx = _mm512_set1_ps(-INFINITY);
         for (std::ptrdiff_t i = 0; i < n; i += 16) {

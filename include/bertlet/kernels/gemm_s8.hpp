@@ -33,6 +33,8 @@
 //   s8_activations A = quantize_activations_s8(path, X, M, K, ldx, act_scale, scratch.data());
 //   gemm_s8_q(path, A, W, s8_epilogue{bias, residual, ldr, act}, Y, ldy, m0, m1, p0, p1);  // rows x 16-col panels
 //   gemm_s8_parallel(pool, path, A, W, ep, Y, ldy);              // the same over a thread pool (same bits)
+//   gemm_s8_parallel(pool, path, A, gemms, count);               // several GEMMs on one A in one pool job
+//   quantize_gemm_s8_parallel(pool, path, X, M, K, ldx, act_scale, scratch, gemms, count);  // both in one job
 //   linear_s8(X, M, K, ldx, pk.view(), bias, Y, ldy, scratch.data());   // one-shot, mirrors detail::linear
 //   gemm_s8_s32(path, X, M, K, ldx, W, C, ldc, sx, scratch)              // debug hook: the exact integer sums
 #pragma once
@@ -811,7 +813,7 @@ inline void s8_tile_store_avx512(const s8_job& a, std::size_t m0, std::size_t p0
     __mmask16 mk[NR];
     __m512 ws[NR], bias[NR];
     int np = 0;  // panels with columns < N
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int j = 0; j < NR; ++j) {
         const std::size_t n0 = (p0 + j) * 16;
         if (n0 >= a.N) break;
@@ -825,7 +827,7 @@ inline void s8_tile_store_avx512(const s8_job& a, std::size_t m0, std::size_t p0
     for (int i = 0; i < MR; ++i) {
         const std::size_t m = m0 + i;
         const __m512 sxv = _mm512_set1_ps(a.sx[m]);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
         for (int j = 0; j < NR; ++j) {
             if (j >= np) break;
             const std::size_t n0 = (p0 + j) * 16;
@@ -896,7 +898,7 @@ void s8_kernel_avx512_vnni(const s8_job& a, std::size_t m0, std::size_t p0) {
     // the accumulators start at -128 * row_sum (the u8 correction; no overflow: |acc| < 383 * 127 * K < 2^31 for
     // K < 44000), so the epilogue has nothing to subtract
     __m512i acc[MR][NR];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int j = 0; j < NR; ++j) {
         const __m512i c = _mm512_sub_epi32(_mm512_setzero_si512(),
                                            _mm512_slli_epi32(_mm512_loadu_si512(a.w->row_sums + (p0 + j) * 16), 7));
@@ -907,12 +909,12 @@ void s8_kernel_avx512_vnni(const s8_job& a, std::size_t m0, std::size_t p0) {
     const std::size_t ldq = a.ldq;
     for (std::size_t g = 0; g < a.groups; ++g) {
         __m512i w[NR];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
         for (int j = 0; j < NR; ++j) w[j] = _mm512_loadu_si512(wp + j * ps + 64 * g);
 #pragma GCC unroll 16
         for (int i = 0; i < MR; ++i) {
             const __m512i xb = _mm512_set1_epi32(s8_load32(xr + i * ldq + 4 * g));
-#pragma GCC unroll 4
+#pragma GCC unroll 8
             for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], xb, w[j]);
         }
     }
@@ -1137,6 +1139,55 @@ inline void gemm_s8_parallel(detail::thread_pool* pool, s8_path p, const s8_acti
                              const s8_epilogue& ep, float* Y, std::size_t ldy) {
     const s8_gemm g{&W, ep, Y, ldy};
     gemm_s8_parallel(pool, p, A, &g, 1);
+}
+
+/// Quantizes X and runs several GEMMs on it in ONE pool job, split by blocks of rows: each task quantizes its rows
+/// (into the returned activations, which stay usable afterwards) and then computes those rows of every GEMM. No
+/// serial quantization pass and one pool round trip instead of two; each thread streams all of W (from L2) instead
+/// of half of it. Same bits as quantize_activations_s8 + gemm_s8_q for any thread count. scratch:
+/// gemm_s8_scratch_bytes(M, K) bytes.
+inline s8_activations quantize_gemm_s8_parallel(detail::thread_pool* pool, s8_path p, const float* X, std::size_t M,
+                                                std::size_t K, std::size_t ldx, const float* act_scale,
+                                                std::uint8_t* scratch, const s8_gemm* gemms, std::size_t count) {
+    const s8_activations A = s8_activations_layout(p, M, K, scratch);
+    if (ldx < K) throw input_error(errc::bad_argument, "quantize_gemm_s8_parallel: bad stride");
+    detail::s8_require_path(p);
+    constexpr std::size_t max_gemms = 8;
+    if (count > max_gemms) throw input_error(errc::bad_argument, "quantize_gemm_s8_parallel: at most 8 GEMMs");
+    detail::s8_job jobs[max_gemms];
+    std::size_t panels[max_gemms];
+    double macs = 0;
+    for (std::size_t i = 0; i < count; ++i) {
+        if (!gemms[i].W) throw input_error(errc::bad_argument, "quantize_gemm_s8_parallel: null weights");
+        jobs[i] = detail::s8_make_job(p, A, *gemms[i].W, gemms[i].ep, gemms[i].Y, gemms[i].ldy, nullptr, 0);
+        panels[i] = gemms[i].W->panels();
+        macs += double(M) * double(gemms[i].W->n_padded()) * double(A.k_padded);
+    }
+    const std::size_t threads = pool ? pool->size() : 1;
+    // row blocks: multiples of 8 rows (the AVX-512 VNNI micro-kernel), about 4 per thread, 8 .. 64 rows
+    std::size_t rb = (M + 4 * threads - 1) / (4 * threads);
+    rb = std::min<std::size_t>(64, std::max<std::size_t>(8, (rb + 7) / 8 * 8));
+    const std::size_t nblocks = (M + rb - 1) / rb;
+    auto task = [&](std::size_t t, std::size_t) {
+        const std::size_t m0 = t * rb, m1 = std::min(M, m0 + rb);
+        detail::s8_quantize_rows(p, X, ldx, act_scale, K, A.q, A.ldq, A.sx, m0, m1);
+        for (std::size_t i = 0; i < count; ++i) detail::s8_run<false>(p, jobs[i], m0, m1, 0, panels[i]);
+    };
+    if (threads <= 1 || nblocks <= 1 || macs < 3e6) {
+        detail::s8_quantize_rows(p, X, ldx, act_scale, K, A.q, A.ldq, A.sx, 0, M);
+        for (std::size_t i = 0; i < count; ++i) detail::s8_run<false>(p, jobs[i], 0, M, 0, panels[i]);
+        return A;
+    }
+    pool->run(nblocks, task);
+    return A;
+}
+
+inline s8_activations quantize_gemm_s8_parallel(detail::thread_pool* pool, s8_path p, const float* X, std::size_t M,
+                                                std::size_t K, std::size_t ldx, const float* act_scale,
+                                                std::uint8_t* scratch, const packed_s8& W, const s8_epilogue& ep,
+                                                float* Y, std::size_t ldy) {
+    const s8_gemm g{&W, ep, Y, ldy};
+    return quantize_gemm_s8_parallel(pool, p, X, M, K, ldx, act_scale, scratch, &g, 1);
 }
 
 // ---------------------------------------------------------------------------------------------------------------

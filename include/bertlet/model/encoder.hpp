@@ -56,7 +56,7 @@ public:
 private:
     template <class> friend struct encoder_block;
     friend class encoder;
-    static constexpr std::size_t attn_rows = 128;  // query rows per attention tile
+    static constexpr std::size_t attn_rows = 48;  // query rows per attention tile
     /// Per-thread floats: GEMM A-block + attention's packed K_h, packed V_h and a score tile.
     static std::size_t thread_scratch_floats(std::size_t max_len, const bert_config& c) {
         const std::size_t D = c.head_dim(), L = std::max<std::size_t>(max_len, 1);
