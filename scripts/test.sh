@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test command: set-up, build, every test (ctest: C++ units incl. the real model; pytest: converter,
 # tokenizer parity on all of ../shared/data, embedding parity with Hugging Face on all of STS-B test),
-# then the unit tests again under ASan+UBSan and the threading tests under TSan.
+# then the unit tests again under ASan+UBSan, the threading tests under TSan, and the NEON path under qemu-user.
 #   BERTLET_SKIP_SANITIZE=1  skip the sanitizer build (local iteration only; CI runs it)
+#   BERTLET_SKIP_ARM64=1     skip the aarch64 cross build + qemu-user run (scripts/test_arm64.sh; CI runs it)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -24,5 +25,9 @@ if [ "${BERTLET_SKIP_SANITIZE:-0}" != 1 ]; then
   echo "== thread tests under TSan"
   BERTLET_BUILD_TARGET=bertlet_tests bash scripts/build.sh build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBERTLET_SANITIZE=thread
   TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/bertlet_tests -tc='*thread*,*pool*'
+fi
+if [ "${BERTLET_SKIP_ARM64:-0}" != 1 ]; then
+  echo "== arm64 (NEON) cross build under qemu-user"
+  bash scripts/test_arm64.sh
 fi
 echo "== all tests passed"
