@@ -8,6 +8,11 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 BUILD="${BERTLET_BUILD_DIR:-$ROOT/build}"
 bash scripts/setup.sh
+if [ -z "${BERTLET_DATA:-}" ]; then  # same lookup as setup.sh
+  for d in "$ROOT/../shared/data" /work/shared/data; do
+    if [ -d "$d/stsb" ]; then export BERTLET_DATA="$(cd "$d" && pwd)"; break; fi
+  done
+fi
 VENV="${BERTLET_CACHE:-$HOME/.cache/bertlet}/venv"
 GEN=(); command -v ninja >/dev/null && GEN=(-G Ninja)
 [ -f "$BUILD/CMakeCache.txt" ] || cmake -S "$ROOT" -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release >/dev/null

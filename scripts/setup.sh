@@ -9,6 +9,19 @@ VENV="$CACHE/venv"
 MODELS="$ROOT/models"
 log() { printf '[setup] %s\n' "$*" >&2; }
 
+# Evaluation data (STS-B for calibration and goldens): $BERTLET_DATA, else ../shared/data next to the clone, else the
+# project machine's /work/shared/data (a clone elsewhere, e.g. under /tmp, still finds it).
+if [ -z "${BERTLET_DATA:-}" ]; then
+  for d in "$ROOT/../shared/data" /work/shared/data; do
+    if [ -d "$d/stsb" ]; then BERTLET_DATA="$(cd "$d" && pwd)"; break; fi
+  done
+fi
+if [ -z "${BERTLET_DATA:-}" ] || [ ! -f "$BERTLET_DATA/stsb/sts-train.csv" ]; then
+  log "evaluation data not found: set BERTLET_DATA to the directory holding stsb/, sst2/, banking77/"
+  exit 1
+fi
+export BERTLET_DATA
+
 # 1. Debian packages --------------------------------------------------------------------------------------------
 APT_PKGS=(build-essential cmake ninja-build libeigen3-dev libxsimd-dev xtl-dev doctest-dev libbenchmark-dev
           python3 python3-venv python3-pip python3-torch python3-numpy libopenblas0-pthread unzip)
@@ -83,12 +96,12 @@ fi
 # 4b. int8 blob (bertlet-quantize; docs/INT8.md): all six linears int8, smoothing calibrated on STS-B train, f16 word
 #     embeddings: 36 MB -----------------------------------------------------------------------------------------
 Q_HASH=$(cat "$BLOB.stamp" "$ROOT"/tools/bertlet_tools/{quantize_blob,quantize,int8_sim,calibrate,convert,blob}.py \
-  "$ROOT/../shared/data/stsb/sts-train.csv" | sha256sum | cut -c1-16)
+  "$BERTLET_DATA/stsb/sts-train.csv" | sha256sum | cut -c1-16)
 QBLOB="$MODELS/all-MiniLM-L6-v2.int8.bertlet"
 if [ ! -f "$QBLOB" ] || [ "$(cat "$QBLOB.stamp" 2>/dev/null)" != "$Q_HASH" ]; then
   log "quantizing all-MiniLM-L6-v2 to int8"
   HF_HUB_OFFLINE=1 "$VENV/bin/bertlet-quantize" "$BLOB" --checkpoint "$MODELS/src/all-MiniLM-L6-v2" -o "$QBLOB" \
-    --word-embeddings f16
+    --word-embeddings f16 --calib "$BERTLET_DATA/stsb/sts-train.csv"
   echo "$Q_HASH" > "$QBLOB.stamp"
 fi
 
@@ -97,7 +110,7 @@ GOLD="$MODELS/goldens/all-MiniLM-L6-v2.stsb-test.npz"
 if [ ! -f "$GOLD" ] || [ "$(cat "$GOLD.stamp" 2>/dev/null)" != "$GOLD_HASH" ]; then
   log "computing Hugging Face goldens (STS-B test)"
   mkdir -p "$MODELS/goldens"
-  HF_HUB_OFFLINE=1 "$VENV/bin/bertlet-goldens" "$MODELS/src/all-MiniLM-L6-v2" --stsb "$ROOT/../shared/data/stsb/sts-test.csv" -o "$GOLD"
+  HF_HUB_OFFLINE=1 "$VENV/bin/bertlet-goldens" "$MODELS/src/all-MiniLM-L6-v2" --stsb "$BERTLET_DATA/stsb/sts-test.csv" -o "$GOLD"
   echo "$GOLD_HASH" > "$GOLD.stamp"
 fi
 log "ready: venv $VENV, blob $BLOB"

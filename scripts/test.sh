@@ -8,6 +8,11 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/setup.sh
+if [ -z "${BERTLET_DATA:-}" ]; then  # same lookup as setup.sh; pytest reads BERTLET_DATA
+  for d in "$ROOT/../shared/data" /work/shared/data; do
+    if [ -d "$d/stsb" ]; then export BERTLET_DATA="$(cd "$d" && pwd)"; break; fi
+  done
+fi
 VENV="${BERTLET_CACHE:-$HOME/.cache/bertlet}/venv"
 
 echo "== build (Release)"
