@@ -481,11 +481,12 @@ def test_refuses_extra_st_module(model_dir: Path, tmp_path: Path) -> None:
     refuse(d, tmp_path / "out" / "o.bertlet", r"modules .*Dense.* are not supported")
 
 
-def test_cli_dtype_is_f32_only(capsys) -> None:
+def test_cli_dtype_choices(capsys) -> None:
     with pytest.raises(SystemExit) as ei:
         conv.main(["--help"])
     assert ei.value.code == 0
-    assert "only f32" in capsys.readouterr().out.replace("\n", " ").replace("  ", " ")
+    out = capsys.readouterr().out.replace("\n", " ").replace("  ", " ")
+    assert "{f32,bf16}" in out and "--word-embeddings {f32,f16}" in out
     with pytest.raises(SystemExit) as ei:
         conv.main(["x", "-o", "y", "--dtype", "f16"])
     assert ei.value.code == 2
