@@ -86,6 +86,10 @@ struct blob_hooks {
     bool pack_linear = false;  // write the encoder's 2-D linear weights as layout 1 (PACKED_N16), like the converter
     const std::vector<std::uint16_t>* word_f16 = nullptr;  // write the word embeddings as these f16 values
     bool bf16_linear = false;  // write the encoder's 2-D linear weights as bf16 layout 3 (BF16P16K2)
+    bool int8_linear = false;  // write them as int8 S8P16K4 (+ .scale, .row_sum), smoothed by act_scale below
+    // per linear weight name: the act_scale vector to smooth it with (written as <name>.act_scale; the int8
+    // weights are then those of W / act_scale); `raw_act_scale` is written as given without touching the weights
+    std::map<std::string, std::vector<float>> act_scale, raw_act_scale;
 };
 
 std::vector<std::byte> tiny_blob(const tiny_model& m, const blob_hooks& hk = {}) {
@@ -128,6 +132,22 @@ std::vector<std::byte> tiny_blob(const tiny_model& m, const blob_hooks& hk = {})
         }
         if (hk.word_f16 && name == "embeddings.word_embeddings.weight") {
             w.add_tensor(name, bertlet::blob::dtype::f16, 0, 0, dims, hk.word_f16->data(), hk.word_f16->size() * 2);
+            continue;
+        }
+        if (hk.int8_linear && dims.size() == 2 && name.rfind("encoder.layer.", 0) == 0) {
+            std::vector<float> wsm = data;
+            const auto as = hk.act_scale.find(name);
+            if (as != hk.act_scale.end())
+                for (std::size_t r = 0; r < dims[0]; ++r)
+                    for (std::size_t c = 0; c < dims[1]; ++c) wsm[r * dims[1] + c] /= as->second[c];
+            const auto pk = bertlet::pack_s8(wsm.data(), dims[0], dims[1]);
+            const std::uint64_t np = pk.scales.size();
+            w.add_tensor(name, bertlet::blob::dtype::i8, 2, 1, dims, pk.data.data(), pk.data.size());
+            w.add_tensor(name + ".scale", bertlet::blob::dtype::f32, 0, 0, {np}, pk.scales.data(), np * 4);
+            w.add_tensor(name + ".row_sum", bertlet::blob::dtype::i32, 0, 0, {np}, pk.row_sums.data(), np * 4);
+            const std::vector<float>* a = as != hk.act_scale.end() ? &as->second : nullptr;
+            if (const auto raw = hk.raw_act_scale.find(name); raw != hk.raw_act_scale.end()) a = &raw->second;
+            if (a) w.add_tensor(name + ".act_scale", bertlet::blob::dtype::f32, 0, 0, {dims[1]}, a->data(), a->size() * 4);
             continue;
         }
         if (hk.bf16_linear && dims.size() == 2 && name.rfind("encoder.layer.", 0) == 0) {
@@ -345,6 +365,86 @@ TEST_CASE("bf16 (layout 3) linear weights: AVX512_BF16 kernels where available, 
                 CHECK(dot / std::sqrt(na * nb) > (kernels ? 0.999 : 0.9999999));
             }
         }
+    }
+}
+
+TEST_CASE("int8 linears with act_scale smoothing: close to the f32 network on every path; bad vectors refused") {
+    tiny_spec s;
+    s.H = 64;
+    s.heads = 2;
+    s.I = 96;
+    const auto m = make_tiny(s);
+    blob_hooks hk;
+    hk.int8_linear = true;
+    std::mt19937 rng(5);
+    std::uniform_real_distribution<float> ud(0.25f, 4.0f);
+    auto vec = [&](std::size_t n) {
+        std::vector<float> v(n);
+        for (auto& x : v) x = ud(rng);
+        return v;
+    };
+    const std::string p = "encoder.layer.0.";
+    const auto qkv = vec(s.H);  // Q, K and V share one vector
+    for (const char* n : {"attention.self.query", "attention.self.key", "attention.self.value"})
+        hk.act_scale[p + n + ".weight"] = qkv;
+    hk.act_scale[p + "attention.output.dense.weight"] = vec(s.H);
+    hk.act_scale[p + "output.dense.weight"] = vec(s.I);
+    std::vector<std::vector<float>> first;
+    for (const auto arch : bertlet::detail::available_isas()) {
+        CAPTURE(bertlet::isa_name(arch));
+        bertlet::load_options lo;
+        lo.arch = arch;
+        lo.bf16_attention = false;
+        const auto e = bertlet::embedder::from_bytes(tiny_blob(m, hk), lo);
+        CHECK(e.model_encoder().quantized());
+        std::vector<std::vector<float>> got;
+        for (const char* text : {"the cat sat on the mat.", "dogs running!", "big, small, big"}) {
+            CAPTURE(text);
+            got.push_back(e.embed(text));
+            const auto ref = reference_embed(m, e.tokenizer().encode(text).ids);
+            double dot = 0, na = 0, nb = 0;
+            for (std::size_t i = 0; i < ref.size(); ++i) {
+                dot += got.back()[i] * ref[i];
+                na += double(got.back()[i]) * got.back()[i];
+                nb += ref[i] * ref[i];
+            }
+            CHECK(dot / std::sqrt(na * nb) > 0.99);
+        }
+        if (first.empty()) first = got;
+        else  // exact integer GEMMs on every path; LN / softmax fp32 rounding may differ slightly
+            for (std::size_t t = 0; t < got.size(); ++t) CHECK(max_abs_diff(got[t].data(), std::vector<double>(first[t].begin(), first[t].end())) < 1e-4);
+    }
+    auto refused = [&](const blob_hooks& bad, const char* what) {
+        CAPTURE(what);
+        CHECK_THROWS_WITH_AS(bertlet::embedder::from_bytes(tiny_blob(m, bad)), doctest::Contains(what),
+                             bertlet::model_error);
+    };
+    {
+        blob_hooks bad = hk;  // a zero, a NaN, a negative value
+        for (float v : {0.0f, std::nanf(""), -1.0f}) {
+            auto a = hk.act_scale[p + "output.dense.weight"];
+            a[7] = v;
+            bad.raw_act_scale[p + "output.dense.weight"] = a;
+            refused(bad, "element 7");
+        }
+    }
+    {
+        blob_hooks bad = hk;  // key's vector differs from query's
+        auto a = qkv;
+        a[3] *= 2.0f;
+        bad.raw_act_scale[p + "attention.self.key.weight"] = a;
+        refused(bad, "must be identical");
+    }
+    {
+        blob_hooks bad;  // an act_scale next to an f32 weight
+        bad.int8_linear = false;
+        // f32 tensors are written by the plain branch: add the act_scale by hand through meta_override's writer
+        bad.meta_override = [&](bertlet::blob::writer& w) {
+            const auto v = vec(s.H);
+            w.add_tensor(p + "intermediate.dense.weight.act_scale", bertlet::blob::dtype::f32, 0, 0, {s.H}, v.data(),
+                         v.size() * 4);
+        };
+        refused(bad, "only int8 (layout 2) weights take an act_scale");
     }
 }
 
