@@ -49,6 +49,8 @@
 
 #include "bertlet/error.hpp"
 #include "bertlet/kernels/cpu.hpp"
+#include "bertlet/kernels/avx2.hpp"    // erf_ps / exp_ps: the int8 epilogue's GELU is the fp32 kernels' one
+#include "bertlet/kernels/avx512.hpp"
 #include "bertlet/kernels/packed.hpp"
 #include "bertlet/kernels/thread_pool.hpp"
 
@@ -403,57 +405,21 @@ inline void s8_drive(const s8_job& a, std::size_t m0, std::size_t m1, std::size_
 
 #if defined(BERTLET_S8_X86)
 
-#define BERTLET_S8_AVX2 "avx2,fma"
-#define BERTLET_S8_AVX512 "avx2,fma,avx512f,avx512bw,avx512dq,avx512vl"
+#define BERTLET_S8_AVX2 "avx2,fma,f16c"  // f16c: what avx2.hpp's inline helpers are compiled for
+#define BERTLET_S8_AVX512 "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl"
 
 // ---- AVX2 helpers (also used by AVX-VNNI) ----
 
-BERTLET_TARGET(BERTLET_S8_AVX2) inline __m256 s8_erf_avx2(__m256 x) {
-    x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(4.0f)), _mm256_set1_ps(-4.0f));
-    const __m256 x2 = _mm256_mul_ps(x, x);
-    __m256 p = _mm256_set1_ps(-2.72614225801306e-10f);
-    p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(2.77068142495902e-08f));
-    p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(-2.10102402082508e-06f));
-    p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(-5.69250639462346e-05f));
-    p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(-7.34990630326855e-04f));
-    p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(-2.95459980854025e-03f));
-    p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(-1.60960333262415e-02f));
-    p = _mm256_mul_ps(x, p);
-    __m256 q = _mm256_set1_ps(-1.45660718464996e-05f);
-    q = _mm256_fmadd_ps(x2, q, _mm256_set1_ps(-2.13374055278905e-04f));
-    q = _mm256_fmadd_ps(x2, q, _mm256_set1_ps(-1.68282697438203e-03f));
-    q = _mm256_fmadd_ps(x2, q, _mm256_set1_ps(-7.37332916720468e-03f));
-    q = _mm256_fmadd_ps(x2, q, _mm256_set1_ps(-1.42647390514189e-02f));
-    return _mm256_div_ps(p, q);
-}
-
-BERTLET_TARGET(BERTLET_S8_AVX2) inline __m256 s8_exp_avx2(__m256 x) {
-    x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.0f)), _mm256_set1_ps(-87.3365447505531f));
-    const __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    const __m256 y = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-}
-
 BERTLET_TARGET(BERTLET_S8_AVX2) inline __m256 s8_act_avx2(__m256 v, activation a) {
     if (a == activation::gelu_erf) {
-        const __m256 e = s8_erf_avx2(_mm256_mul_ps(v, _mm256_set1_ps(0.70710678118654752f)));
+        const __m256 e = avx2::erf_ps(_mm256_mul_ps(v, _mm256_set1_ps(0.70710678118654752f)));
         return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v), _mm256_add_ps(_mm256_set1_ps(1.0f), e));
     }
     if (a == activation::gelu_tanh) {
         const __m256 v3 = _mm256_mul_ps(_mm256_mul_ps(v, v), v);
         const __m256 u = _mm256_mul_ps(_mm256_set1_ps(0.79788456080286536f),
                                        _mm256_fmadd_ps(_mm256_set1_ps(0.044715f), v3, v));
-        const __m256 e = s8_exp_avx2(_mm256_mul_ps(_mm256_set1_ps(-2.0f), u));
+        const __m256 e = avx2::exp_ps(_mm256_mul_ps(_mm256_set1_ps(-2.0f), u));
         return _mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
     }
     return v;
@@ -690,25 +656,6 @@ struct s8_fam_avx_vnni {
 
 // ---- AVX-512 ----
 
-BERTLET_TARGET(BERTLET_S8_AVX512) inline __m512 s8_erf_avx512(__m512 x) {
-    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(4.0f)), _mm512_set1_ps(-4.0f));
-    const __m512 x2 = _mm512_mul_ps(x, x);
-    __m512 p = _mm512_set1_ps(-2.72614225801306e-10f);
-    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(2.77068142495902e-08f));
-    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(-2.10102402082508e-06f));
-    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(-5.69250639462346e-05f));
-    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(-7.34990630326855e-04f));
-    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(-2.95459980854025e-03f));
-    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(-1.60960333262415e-02f));
-    p = _mm512_mul_ps(x, p);
-    __m512 q = _mm512_set1_ps(-1.45660718464996e-05f);
-    q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(-2.13374055278905e-04f));
-    q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(-1.68282697438203e-03f));
-    q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(-7.37332916720468e-03f));
-    q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(-1.42647390514189e-02f));
-    return _mm512_div_ps(p, q);
-}
-
 // avx2.hpp's exp_ps in 512-bit form (not avx512.hpp's scalef variant, whose clamp differs), so every int8 path agrees.
 BERTLET_TARGET(BERTLET_S8_AVX512) inline __m512 s8_exp_avx512(__m512 x) {
     x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0f)), _mm512_set1_ps(-87.3365447505531f));
@@ -729,7 +676,7 @@ BERTLET_TARGET(BERTLET_S8_AVX512) inline __m512 s8_exp_avx512(__m512 x) {
 
 BERTLET_TARGET(BERTLET_S8_AVX512) inline __m512 s8_act_avx512(__m512 v, activation a) {
     if (a == activation::gelu_erf) {
-        const __m512 e = s8_erf_avx512(_mm512_mul_ps(v, _mm512_set1_ps(0.70710678118654752f)));
+        const __m512 e = avx512::erf_ps(_mm512_mul_ps(v, _mm512_set1_ps(0.70710678118654752f)));
         return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), v), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
     }
     if (a == activation::gelu_tanh) {
