@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "bertlet/blob/reader.hpp"
@@ -145,24 +146,20 @@ struct encoder_block {
         float* scratch = ws.scratch_.data();
         const std::size_t stride = ws.stride_;
 
+        auto run = [&](const auto& g) {  // an f32 or bf16 GEMM split over the pool
+            if constexpr (std::is_same_v<std::decay_t<decltype(g)>, gemm_bf16_args>)
+                gemm_bf16_parallel(ex.pool, g, scratch, stride * sizeof(float));
+            else
+                detail::gemm_parallel(K, ex.pool, g, scratch, stride);
+        };
         auto linear = [&](const float* a, ptrdiff_t in, const float* wp, const packed_s8& w8, const float* as,
                           const std::uint16_t* w16, const float* b, ptrdiff_t out, float* y, const float* residual,
                           detail::activation fn) {
+            const detail::epilogue ep{1.0f, b, residual, out, fn};
             if (w16) {  // bf16 weights: A rounded to bf16 while packing, fp32 accumulation, fused epilogue
-                gemm_bf16_args g;
-                g.a = a;
-                g.lda = in;
+                gemm_bf16_args g = gemm_for<gemm_bf16_args>(a, in, y, out, T, out, in, ep);
                 g.b = w16;
-                g.c = y;
-                g.ldc = out;
-                g.m = T;
-                g.n = out;
-                g.k = in;
-                g.ep.bias = b;
-                g.ep.residual = residual;
-                g.ep.ldr = out;
-                g.ep.act = fn;
-                gemm_bf16_parallel(ex.pool, g, scratch, stride * sizeof(float));
+                run(g);
                 return;
             }
             if (w8.data) {  // int8 weights: per-token activation quantization (once, over the pool), exact integer
@@ -181,23 +178,13 @@ struct encoder_block {
                 gemm_s8_parallel(ex.pool, ex.s8, A, &g, 1);
                 return;
             }
-            detail::gemm_args g;
-            g.a = a;
-            g.lda = in;
+            detail::gemm_args g = gemm_for<detail::gemm_args>(a, in, y, out, T, out, in, ep);
             g.b = wp;
-            g.c = y;
-            g.ldc = out;
-            g.m = T;
-            g.n = out;
-            g.k = in;
-            g.ep.bias = b;
-            g.ep.residual = residual;
-            g.ep.ldr = out;
-            g.ep.act = fn;
-            detail::gemm_parallel(K, ex.pool, g, scratch, stride);
+            run(g);
         };
         const auto none = detail::activation::none;
         ptrdiff_t ldqkv = H;  // row stride of Q, K and V
+        const bool fused_qkv = (w.q8.data && w.k8.data && w.v8.data) || w.bqkv;
         if (w.q8.data && w.k8.data && w.v8.data) {  // int8 Q, K, V: quantize x once, three GEMMs in one pool job
             const s8_activations A = quantize_activations_s8_parallel(
                 ex.pool, ex.s8, x, static_cast<std::size_t>(T), static_cast<std::size_t>(H),
@@ -212,49 +199,26 @@ struct encoder_block {
                 g[j].ldy = static_cast<std::size_t>(3 * H);
             }
             gemm_s8_parallel(ex.pool, ex.s8, A, g, 3);
-            k = q + H;
-            v = q + 2 * H;
-            ldqkv = 3 * H;
-        } else if (w.bqkv && w.q16) {  // bf16 Q|K|V as one GEMM over the three packed weights
-            gemm_bf16_args g;
-            g.a = x;
-            g.lda = H;
-            g.bseg[0] = w.q16;
-            g.bseg[1] = w.k16;
-            g.bseg[2] = w.v16;
-            g.seg_panels = detail::panels_of(H);
-            g.c = q;
-            g.ldc = 3 * H;
-            g.m = T;
-            g.n = 3 * H;
-            g.k = H;
-            g.ep.bias = w.bqkv;
-            gemm_bf16_parallel(ex.pool, g, scratch, stride * sizeof(float));
-            k = q + H;
-            v = q + 2 * H;
-            ldqkv = 3 * H;
-        } else if (w.bqkv) {  // one GEMM over [Wq; Wk; Wv]: A is packed once, outputs side by side in q: [T, 3H]
-            detail::gemm_args g;
-            g.a = x;
-            g.lda = H;
-            g.bseg[0] = w.wq;
-            g.bseg[1] = w.wk;
-            g.bseg[2] = w.wv;
-            g.seg_panels = detail::panels_of(H);
-            g.c = q;
-            g.ldc = 3 * H;
-            g.m = T;
-            g.n = 3 * H;
-            g.k = H;
-            g.ep.bias = w.bqkv;
-            detail::gemm_parallel(K, ex.pool, g, scratch, stride);
-            k = q + H;
-            v = q + 2 * H;
-            ldqkv = 3 * H;
+        } else if (w.bqkv) {  // one GEMM over [Wq; Wk; Wv] (f32 or bf16 panels): A is packed once
+            const detail::epilogue ep{1.0f, w.bqkv};
+            auto fused = [&](auto g, const auto* wq, const auto* wk, const auto* wv) {
+                g.bseg[0] = wq;
+                g.bseg[1] = wk;
+                g.bseg[2] = wv;
+                g.seg_panels = detail::panels_of(H);
+                run(g);
+            };
+            if (w.q16) fused(gemm_for<gemm_bf16_args>(x, H, q, 3 * H, T, 3 * H, H, ep), w.q16, w.k16, w.v16);
+            else fused(gemm_for<detail::gemm_args>(x, H, q, 3 * H, T, 3 * H, H, ep), w.wq, w.wk, w.wv);
         } else {
             linear(x, H, w.wq, w.q8, w.as_q, w.q16, w.bq, H, q, nullptr, none);
             linear(x, H, w.wk, w.k8, w.as_k, w.k16, w.bk, H, k, nullptr, none);
             linear(x, H, w.wv, w.v8, w.as_v, w.v16, w.bv, H, v, nullptr, none);
+        }
+        if (fused_qkv) {  // outputs side by side in q: [T, 3H]
+            k = q + H;
+            v = q + 2 * H;
+            ldqkv = 3 * H;
         }
 
         // Attention, one task per (sequence, head): pack K_h and V_h into panels, then per tile of query rows
@@ -343,6 +307,22 @@ struct encoder_block {
         linear(tmp, H, w.wi, w.i8, w.as_i, w.i16, w.bi, I, inter, nullptr, fn);   // inter = GELU(tmp Wi + bi)
         linear(inter, I, w.wo2, w.o28, w.as_o2, w.o216, w.bo2, H, x, tmp, none);   // x = ffn_out + tmp
         layernorm(K, ex, x, T, H, w.ln2_g, w.ln2_b, eps);    // x = LN(x)
+    }
+
+    /// The fields detail::gemm_args and gemm_bf16_args share (the weights are set by the caller).
+    template <class Args>
+    static Args gemm_for(const float* a, std::ptrdiff_t lda, float* c, std::ptrdiff_t ldc, std::ptrdiff_t m,
+                         std::ptrdiff_t n, std::ptrdiff_t k, const detail::epilogue& ep) {
+        Args g;
+        g.a = a;
+        g.lda = lda;
+        g.c = c;
+        g.ldc = ldc;
+        g.m = m;
+        g.n = n;
+        g.k = k;
+        g.ep = ep;
+        return g;
     }
 
     /// Row-wise LayerNorm, split into row chunks over the pool.
