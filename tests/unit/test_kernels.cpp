@@ -285,6 +285,68 @@ TEST_CASE("kernels: softmax, LayerNorm, GELU, embedding sum against double refer
     }
 }
 
+// Reference: one head of softmax(scale * q k^T) v in double.
+std::vector<double> attention_ref(const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
+                                  std::ptrdiff_t ld, std::ptrdiff_t L, std::ptrdiff_t D, double scale) {
+    std::vector<double> out(static_cast<std::size_t>(L * D)), s(static_cast<std::size_t>(L));
+    for (std::ptrdiff_t i = 0; i < L; ++i) {
+        double mx = -1e300, sum = 0;
+        for (std::ptrdiff_t j = 0; j < L; ++j) {
+            double d = 0;
+            for (std::ptrdiff_t t = 0; t < D; ++t) d += double(q[i * ld + t]) * k[j * ld + t];
+            s[j] = d * scale;
+            mx = std::max(mx, s[j]);
+        }
+        for (std::ptrdiff_t j = 0; j < L; ++j) sum += (s[j] = std::exp(s[j] - mx));
+        for (std::ptrdiff_t t = 0; t < D; ++t) {
+            double acc = 0;
+            for (std::ptrdiff_t j = 0; j < L; ++j) acc += s[j] * v[j * ld + t];
+            out[i * D + t] = acc / sum;
+        }
+    }
+    return out;
+}
+
+TEST_CASE("kernels: fused attention (kernel_table::attention) matches a double reference, every path that has one") {
+    int tested = 0;
+    for (auto a : bd::available_isas()) {
+        const auto& kt = bd::kernels_for(a);
+        if (!kt.attention) continue;
+        CAPTURE(bertlet::isa_name(a));
+        for (std::ptrdiff_t D : {16, 32, 48, 64}) {
+            for (std::ptrdiff_t L : {1, 2, 5, 12, 13, 16, 17, 31, 33, 64, 100, 128, 130, 257}) {
+                CAPTURE(D);
+                CAPTURE(L);
+                const std::ptrdiff_t ld = 3 * D + 5, ldc = D + 7;  // Q|K|V-like strides, padded output rows
+                const unsigned seed = 1000u + unsigned(D * 1000 + L);
+                auto q = rand_vec(static_cast<std::size_t>(L * ld), seed, -2.f, 2.f);
+                auto k = rand_vec(static_cast<std::size_t>(L * ld), seed + 1, -2.f, 2.f);
+                auto v = rand_vec(static_cast<std::size_t>(L * ld), seed + 2);
+                const std::size_t ns = bd::attention_scratch_floats(static_cast<std::size_t>(L), static_cast<std::size_t>(D));
+                std::vector<float> scratch(ns + 64, -3.f);
+                std::vector<float> ctx(static_cast<std::size_t>(L * ldc), 777.f);
+                const float scale = 1.0f / std::sqrt(float(D));
+                kt.attention(q.data(), k.data(), v.data(), ld, ctx.data(), ldc, L, D, scale, scratch.data());
+                const auto want = attention_ref(q, k, v, ld, L, D, scale);
+                double worst = 0;
+                for (std::ptrdiff_t i = 0; i < L; ++i)
+                    for (std::ptrdiff_t t = 0; t < D; ++t)
+                        worst = std::max(worst, std::fabs(ctx[i * ldc + t] - want[i * D + t]));
+                CHECK(worst <= 2e-6);
+                bool pad_kept = true;  // columns past D of each output row are never written
+                for (std::ptrdiff_t i = 0; i < L; ++i)
+                    for (std::ptrdiff_t t = D; t < ldc; ++t) pad_kept = pad_kept && ctx[i * ldc + t] == 777.f;
+                CHECK(pad_kept);
+                bool scratch_kept = true;  // nothing past attention_scratch_floats(L, D)
+                for (std::size_t i = ns; i < scratch.size(); ++i) scratch_kept = scratch_kept && scratch[i] == -3.f;
+                CHECK(scratch_kept);
+                ++tested;
+            }
+        }
+    }
+    if (bertlet::cpu().supports(bertlet::isa::avx512)) CHECK(tested > 0);
+}
+
 TEST_CASE("kernels: thread pool runs every task exactly once, repeatedly") {
     for (std::size_t threads : {1u, 2u, 4u}) {
         bd::thread_pool pool(threads);

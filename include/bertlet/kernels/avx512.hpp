@@ -343,6 +343,165 @@ BERTLET_TARGET_AVX512 inline void softmax(float* x, std::ptrdiff_t rows, std::pt
     }
 }
 
+// ---- fused attention (one sequence x one head) ---------------------------------------------------------------
+// ctx[L, D] = softmax(scale * Q K^T) V for one head, D % 16 == 0. K_h is transposed once into 16-key panels (16x16
+// register transposes); then per tile of up to 12 query rows: S = scale * Q K^T with Q broadcast straight from its
+// rows (no A packing), row softmax on the tile (in L1), ctx = S V with V's rows read in place as the B operand (no
+// packing either). Same arithmetic as the generic path (fp32 FMAs in k order, alpha applied to the sum).
+
+/// kp[(p * D + d) * 16 + j] = k[(16 p + j) * ldk + d] (keys past L read as 0). D % 16 == 0.
+BERTLET_TARGET_AVX512 inline void attn_pack_k(const float* k, std::ptrdiff_t ldk, std::ptrdiff_t L, std::ptrdiff_t D,
+                                              float* kp) {
+    for (std::ptrdiff_t p = 0; p * 16 < L; ++p) {
+        const std::ptrdiff_t nk = std::min<std::ptrdiff_t>(16, L - p * 16);
+        for (std::ptrdiff_t d0 = 0; d0 < D; d0 += 16) {
+            __m512 r[16];
+#pragma GCC unroll 16
+            for (int j = 0; j < 16; ++j)
+                r[j] = j < nk ? _mm512_loadu_ps(k + (p * 16 + j) * ldk + d0) : _mm512_setzero_ps();
+            transpose16(r);
+#pragma GCC unroll 16
+            for (int j = 0; j < 16; ++j) _mm512_storeu_ps(kp + (p * D + d0 + j) * 16, r[j]);
+        }
+    }
+}
+
+/// s[i, 0 .. cols) = scale * sum_d q[i, d] kp-panels (NP panels from kp0), rows < `rows` stored; MR >= rows.
+/// Also folds the stored values into the running row maxima mx[i] (lanes past `cols` excluded).
+template <int MR, int NP>
+BERTLET_TARGET_AVX512 inline void attn_qk_tile(const float* q, std::ptrdiff_t ldq, int rows, const float* kp0,
+                                               std::ptrdiff_t D, float scale, float* s, std::ptrdiff_t lds, int cols,
+                                               __m512* mx) {
+    const float* a[MR];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) a[i] = q + std::min(i, rows - 1) * ldq;
+    __m512 acc[MR][NP];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 2
+        for (int j = 0; j < NP; ++j) acc[i][j] = _mm512_setzero_ps();
+    const float* b1 = kp0 + (NP > 1 ? 16 * D : 0);
+    for (std::ptrdiff_t d = 0; d < D; ++d) {
+        const __m512 v0 = _mm512_loadu_ps(kp0 + d * 16);
+        const __m512 v1 = NP > 1 ? _mm512_loadu_ps(b1 + d * 16) : v0;
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; ++i) {
+            const __m512 av = _mm512_set1_ps(a[i][d]);
+            acc[i][0] = _mm512_fmadd_ps(av, v0, acc[i][0]);
+            if (NP > 1) acc[i][NP - 1] = _mm512_fmadd_ps(av, v1, acc[i][NP - 1]);
+        }
+    }
+    const __m512 al = _mm512_set1_ps(scale);
+#pragma GCC unroll 2
+    for (int j = 0; j < NP; ++j) {
+        if (cols <= j * 16) break;
+        const __mmask16 m = tail_mask(cols - j * 16);
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; ++i) {
+            if (i >= rows) break;
+            const __m512 y = _mm512_mul_ps(acc[i][j], al);
+            _mm512_mask_storeu_ps(s + i * lds + j * 16, m, y);
+            mx[i] = _mm512_mask_max_ps(mx[i], m, mx[i], y);
+        }
+    }
+}
+
+/// c[i, 0 .. 16 NP) = sum_{k < L} s[i, k] v[k, 0 .. 16 NP) for rows < `rows`; MR >= rows.
+/// The softmax normalisation is applied here: row i is multiplied by inv[i] (1 / its sum of exponentials).
+template <int MR, int NP>
+BERTLET_TARGET_AVX512 inline void attn_pv_tile(const float* s, std::ptrdiff_t lds, int rows, const float* v,
+                                               std::ptrdiff_t ldv, std::ptrdiff_t L, const float* inv, float* c,
+                                               std::ptrdiff_t ldc) {
+    const float* a[MR];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) a[i] = s + std::min(i, rows - 1) * lds;
+    __m512 acc[MR][NP];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 2
+        for (int j = 0; j < NP; ++j) acc[i][j] = _mm512_setzero_ps();
+    for (std::ptrdiff_t k = 0; k < L; ++k) {
+        const __m512 v0 = _mm512_loadu_ps(v + k * ldv);
+        const __m512 v1 = NP > 1 ? _mm512_loadu_ps(v + k * ldv + 16) : v0;
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; ++i) {
+            const __m512 av = _mm512_set1_ps(a[i][k]);
+            acc[i][0] = _mm512_fmadd_ps(av, v0, acc[i][0]);
+            if (NP > 1) acc[i][NP - 1] = _mm512_fmadd_ps(av, v1, acc[i][NP - 1]);
+        }
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+        if (i >= rows) break;
+#pragma GCC unroll 2
+        for (int j = 0; j < NP; ++j)
+            _mm512_storeu_ps(c + i * ldc + j * 16, _mm512_mul_ps(acc[i][j], _mm512_set1_ps(inv[i])));
+    }
+}
+
+template <int MR>
+BERTLET_TARGET_AVX512 inline void attn_rows(const float* q, std::ptrdiff_t ldq, const float* v, std::ptrdiff_t ldv,
+                                            int rows, const float* kp, std::ptrdiff_t L, std::ptrdiff_t D,
+                                            float scale, float* s, std::ptrdiff_t lds, float* c, std::ptrdiff_t ldc) {
+    const std::ptrdiff_t np = (L + 15) / 16;
+    __m512 mx[MR];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) mx[i] = _mm512_set1_ps(-INFINITY);
+    for (std::ptrdiff_t p = 0; p < np; p += 2) {
+        const int cols = static_cast<int>(std::min<std::ptrdiff_t>(32, L - p * 16));
+        if (p + 1 < np) attn_qk_tile<MR, 2>(q, ldq, rows, kp + p * 16 * D, D, scale, s + p * 16, lds, cols, mx);
+        else attn_qk_tile<MR, 1>(q, ldq, rows, kp + p * 16 * D, D, scale, s + p * 16, lds, cols, mx);
+    }
+    // softmax numerators in place, 4 rows at a time (independent chains overlap); the division by the row sum
+    // happens in the P V store
+    alignas(64) float inv[MR];
+    for (int i0 = 0; i0 < rows; i0 += 4) {
+        __m512 mv[4], sum[4];
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) {
+            mv[j] = _mm512_set1_ps(hmax(mx[std::min(i0 + j, MR - 1)]));
+            sum[j] = _mm512_setzero_ps();
+        }
+        for (std::ptrdiff_t c0 = 0; c0 < L; c0 += 16) {
+            const __mmask16 m = tail_mask(L - c0);
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; ++j) {
+                if (i0 + j >= rows) break;
+                float* xr = s + (i0 + j) * lds + c0;
+                const __m512 e = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, xr), mv[j]));
+                sum[j] = _mm512_mask_add_ps(sum[j], m, sum[j], e);
+                _mm512_mask_storeu_ps(xr, m, e);
+            }
+        }
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j)
+            if (i0 + j < rows) inv[i0 + j] = 1.0f / hsum(sum[j]);
+    }
+    std::ptrdiff_t d0 = 0;
+    for (; d0 + 32 <= D; d0 += 32) attn_pv_tile<MR, 2>(s, lds, rows, v + d0, ldv, L, inv, c + d0, ldc);
+    if (d0 < D) attn_pv_tile<MR, 1>(s, lds, rows, v + d0, ldv, L, inv, c + d0, ldc);
+}
+
+/// One head of one sequence: ctx = softmax(scale * q k^T) v; q, k, v are [L, D] with row stride ld, ctx has row
+/// stride ldc. D % 16 == 0; scratch holds attention_scratch_floats(L, D) floats (packed.hpp).
+BERTLET_TARGET_AVX512 inline void attention_head(const float* q, const float* k, const float* v, std::ptrdiff_t ld,
+                                                 float* ctx, std::ptrdiff_t ldc, std::ptrdiff_t L, std::ptrdiff_t D,
+                                                 float scale, float* scratch) {
+    if (L <= 0) return;
+    float* kp = scratch;
+    const std::ptrdiff_t lds = (L + 15) / 16 * 16;
+    float* s = kp + lds * D;
+    attn_pack_k(k, ld, L, D, kp);
+    for (std::ptrdiff_t q0 = 0; q0 < L; q0 += 12) {
+        const int rows = static_cast<int>(std::min<std::ptrdiff_t>(12, L - q0));
+        const float* qr = q + q0 * ld;
+        float* cr = ctx + q0 * ldc;
+        if (rows > 8) attn_rows<12>(qr, ld, v, ld, rows, kp, L, D, scale, s, lds, cr, ldc);
+        else if (rows > 4) attn_rows<8>(qr, ld, v, ld, rows, kp, L, D, scale, s, lds, cr, ldc);
+        else attn_rows<4>(qr, ld, v, ld, rows, kp, L, D, scale, s, lds, cr, ldc);
+    }
+}
+
 BERTLET_TARGET_AVX512 inline void activate(float* x, std::ptrdiff_t n, activation a) {
     for (std::ptrdiff_t i = 0; i < n; i += 16) {
         const __mmask16 m = tail_mask(n - i);

@@ -39,6 +39,11 @@ struct kernel_table {
     void (*add3)(float* out, const float* a, const float* b, const float* c, std::ptrdiff_t n) = nullptr;
     /// out = float(in), IEEE binary16 -> binary32 (exact; f16 word-embedding rows).
     void (*cvt_f16)(float* out, const std::uint16_t* in, std::ptrdiff_t n) = nullptr;
+    /// Optional fused attention for one (sequence, head): ctx[L, D] (row stride ldc) = softmax(scale * Q K^T) V with
+    /// Q, K, V [L, D] of row stride ld; D % 16 == 0; scratch: attention_scratch_floats(L, D). Null: the encoder's
+    /// generic path (packed GEMM + softmax per tile).
+    void (*attention)(const float* q, const float* k, const float* v, std::ptrdiff_t ld, float* ctx,
+                      std::ptrdiff_t ldc, std::ptrdiff_t L, std::ptrdiff_t D, float scale, float* scratch) = nullptr;
 };
 
 /// Whether this build carries a path (independently of the CPU).
@@ -73,7 +78,8 @@ inline const kernel_table& kernels_for(isa a) {
 #if defined(BERTLET_HAVE_AVX512_PATH)
         case isa::avx512: {
             static const kernel_table t{isa::avx512, avx512::gemm, avx512::layernorm, avx512::softmax,
-                                        avx512::activate, avx512::add3, avx512::cvt_f16};
+                                        avx512::activate, avx512::add3, avx512::cvt_f16,
+                                        avx512::attention_head};
             return t;
         }
 #endif

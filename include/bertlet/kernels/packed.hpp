@@ -187,6 +187,12 @@ constexpr std::size_t gemm_scratch_floats() noexcept {
     return static_cast<std::size_t>((gemm_mc + gemm_max_mr) * gemm_kc);
 }
 
+/// Floats of scratch a fused attention kernel (kernel_table::attention) needs for one head at length L, head size D:
+/// K_h as 16-key panels plus one score tile of up to 16 query rows.
+constexpr std::size_t attention_scratch_floats(std::size_t L, std::size_t D) noexcept {
+    return (L + 15) / 16 * 16 * D + 16 * ((L + 15) / 16 * 16) + 16;
+}
+
 /// Traits may bring their own A packer (same contract as pack_a_panel<MR>), e.g. with SIMD transposes.
 template <class T, class = void>
 struct has_fast_pack : std::false_type {};

@@ -61,8 +61,9 @@ private:
     /// Per-thread floats: GEMM A-block + attention's packed K_h, packed V_h and a score tile.
     static std::size_t thread_scratch_floats(std::size_t max_len, const bert_config& c) {
         const std::size_t D = c.head_dim(), L = std::max<std::size_t>(max_len, 1);
-        return detail::gemm_scratch_floats() + detail::packed_n16_size(L, D) + detail::packed_n16_size(D, L) +
-               attn_rows * L + 16;
+        return detail::gemm_scratch_floats() +
+               std::max(detail::packed_n16_size(L, D) + detail::packed_n16_size(D, L) + attn_rows * L + 16,
+                        detail::attention_scratch_floats(L, D));
     }
     static void grow(std::vector<float>& v, std::size_t n) {
         if (v.size() < n) v.resize(n);
@@ -235,6 +236,11 @@ struct encoder_block {
             float* kp = gs + detail::gemm_scratch_floats();
             float* vp = kp + detail::packed_n16_size(static_cast<std::size_t>(L), static_cast<std::size_t>(D));
             float* sc = vp + detail::packed_n16_size(static_cast<std::size_t>(D), static_cast<std::size_t>(L));
+            if (K.attention && D % 16 == 0 && !ex.bf16_attention) {  // the path's fused kernel
+                K.attention(q + off * ldqkv + h * D, k + off * ldqkv + h * D, v + off * ldqkv + h * D, ldqkv,
+                            ctx + off * H + h * D, H, L, D, scale, kp);
+                return;
+            }
             if (ex.bf16_attention) {  // Q K^T and P V with bf16 operands, fp32 accumulation, fp32 softmax
                 auto* kp16 = reinterpret_cast<std::uint16_t*>(kp);  // bf16 panels take at most half the floats
                 auto* vp16 = reinterpret_cast<std::uint16_t*>(vp);
