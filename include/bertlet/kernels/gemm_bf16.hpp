@@ -57,6 +57,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "bertlet/kernels/avx512.hpp"
 #include "bertlet/kernels/cpu.hpp"
@@ -520,6 +521,173 @@ inline void gemm(const gemm_bf16_args& g, std::ptrdiff_t m0, std::ptrdiff_t m1, 
     }
 }
 
+// ---- fused attention (one sequence x one head), bf16 operands, fp32 accumulation and softmax ------------------
+// K_h is packed once into BF16P16K2 key panels (pack_nk), V_h into BF16P16K2 as the B of P V (pack_kn) and Q_h is
+// rounded to bf16 rows; then per tile of up to 12 query rows: S = scale * Q K^T (vdpbf16ps, k-pairs of D), the row
+// max folded into that store, softmax numerators exp(S - max) in fp32, written as bf16 P, ctx = P V (vdpbf16ps over
+// key pairs) divided by the fp32 row sum at the store.
+
+template <int MR, int NP>
+BERTLET_TARGET_BF16 inline void attn_qk_tile(const std::uint32_t* q16, std::ptrdiff_t ldq32, int rows,
+                                             const std::uint16_t* kp0, std::ptrdiff_t kpanel, std::ptrdiff_t npairs,
+                                             float scale, float* s, std::ptrdiff_t lds, int cols, __m512* mx) {
+    const std::uint32_t* a[MR];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) a[i] = q16 + std::min(i, rows - 1) * ldq32;
+    __m512 acc[MR][NP];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 2
+        for (int j = 0; j < NP; ++j) acc[i][j] = _mm512_setzero_ps();
+    const std::uint16_t* kp1 = kp0 + (NP > 1 ? kpanel : 0);
+    for (std::ptrdiff_t g = 0; g < npairs; ++g) {
+        const __m512bh w0 = reinterpret_cast<__m512bh>(_mm512_loadu_si512(kp0 + g * 32));
+        const __m512bh w1 = NP > 1 ? reinterpret_cast<__m512bh>(_mm512_loadu_si512(kp1 + g * 32)) : w0;
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; ++i) {
+            const __m512bh av = reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(a[i][g])));
+            acc[i][0] = _mm512_dpbf16_ps(acc[i][0], av, w0);
+            if (NP > 1) acc[i][NP - 1] = _mm512_dpbf16_ps(acc[i][NP - 1], av, w1);
+        }
+    }
+    const __m512 al = _mm512_set1_ps(scale);
+#pragma GCC unroll 2
+    for (int j = 0; j < NP; ++j) {
+        if (cols <= j * 16) break;
+        const __mmask16 m = mask16(cols - j * 16);
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; ++i) {
+            if (i >= rows) break;
+            const __m512 y = _mm512_mul_ps(acc[i][j], al);
+            _mm512_mask_storeu_ps(s + i * lds + j * 16, m, y);
+            mx[i] = _mm512_mask_max_ps(mx[i], m, mx[i], y);
+        }
+    }
+}
+
+template <int MR, int NP>
+BERTLET_TARGET_BF16 inline void attn_pv_tile(const std::uint32_t* p16, std::ptrdiff_t ldp32, int rows,
+                                             const std::uint16_t* vp0, std::ptrdiff_t vpanel, std::ptrdiff_t npairs,
+                                             const float* inv, float* c, std::ptrdiff_t ldc, int cols) {
+    const std::uint32_t* a[MR];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) a[i] = p16 + std::min(i, rows - 1) * ldp32;
+    __m512 acc[MR][NP];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 2
+        for (int j = 0; j < NP; ++j) acc[i][j] = _mm512_setzero_ps();
+    const std::uint16_t* vp1 = vp0 + (NP > 1 ? vpanel : 0);
+    for (std::ptrdiff_t g = 0; g < npairs; ++g) {
+        const __m512bh w0 = reinterpret_cast<__m512bh>(_mm512_loadu_si512(vp0 + g * 32));
+        const __m512bh w1 = NP > 1 ? reinterpret_cast<__m512bh>(_mm512_loadu_si512(vp1 + g * 32)) : w0;
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; ++i) {
+            const __m512bh av = reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(a[i][g])));
+            acc[i][0] = _mm512_dpbf16_ps(acc[i][0], av, w0);
+            if (NP > 1) acc[i][NP - 1] = _mm512_dpbf16_ps(acc[i][NP - 1], av, w1);
+        }
+    }
+#pragma GCC unroll 2
+    for (int j = 0; j < NP; ++j) {
+        if (cols <= j * 16) break;
+        const __mmask16 m = mask16(cols - j * 16);
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; ++i) {
+            if (i >= rows) break;
+            _mm512_mask_storeu_ps(c + i * ldc + j * 16, m, _mm512_mul_ps(acc[i][j], _mm512_set1_ps(inv[i])));
+        }
+    }
+}
+
+template <int MR>
+BERTLET_TARGET_BF16 inline void attn_rows(const std::uint32_t* q16, std::ptrdiff_t ldq32, int rows,
+                                          const std::uint16_t* kp, const std::uint16_t* vp, std::ptrdiff_t L,
+                                          std::ptrdiff_t D, float scale, float* s, std::ptrdiff_t lds,
+                                          std::uint16_t* p16, std::ptrdiff_t ldp, float* c, std::ptrdiff_t ldc) {
+    using avx512::exp_ps;
+    const std::ptrdiff_t np = (L + 15) / 16, dpairs = bf16_pad_k(D) / 2, lp = bf16_pad_k(L);
+    const std::ptrdiff_t kpanel = 16 * bf16_pad_k(D), vpanel = 16 * lp;
+    __m512 mx[MR];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) mx[i] = _mm512_set1_ps(-INFINITY);
+    for (std::ptrdiff_t p = 0; p < np; p += 2) {
+        const int cols = static_cast<int>(std::min<std::ptrdiff_t>(32, L - p * 16));
+        if (p + 1 < np)
+            attn_qk_tile<MR, 2>(q16, ldq32, rows, kp + p * kpanel, kpanel, dpairs, scale, s + p * 16, lds, cols, mx);
+        else
+            attn_qk_tile<MR, 1>(q16, ldq32, rows, kp + p * kpanel, kpanel, dpairs, scale, s + p * 16, lds, cols, mx);
+    }
+    alignas(64) float inv[MR];
+    for (int i0 = 0; i0 < rows; i0 += 4) {
+        __m512 mv[4], sum[4];
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) {
+            mv[j] = _mm512_set1_ps(avx512::hmax(mx[std::min(i0 + j, MR - 1)]));
+            sum[j] = _mm512_setzero_ps();
+        }
+        for (std::ptrdiff_t c0 = 0; c0 < lp; c0 += 32) {  // 32 keys -> one zmm of bf16; keys past L give 0
+            const __mmask16 m0 = mask16(L - c0), m1 = mask16(L - c0 - 16);
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; ++j) {
+                if (i0 + j >= rows) break;
+                const float* xr = s + (i0 + j) * lds + c0;
+                const __m512 e0 = _mm512_maskz_mov_ps(m0, exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m0, xr), mv[j])));
+                const __m512 e1 =
+                    _mm512_maskz_mov_ps(m1, exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m1, xr + 16), mv[j])));
+                sum[j] = _mm512_add_ps(sum[j], _mm512_add_ps(e0, e1));
+                _mm512_mask_storeu_epi16(p16 + (i0 + j) * ldp + c0, mask32(lp - c0), cvt32(e0, e1));
+            }
+        }
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j)
+            if (i0 + j < rows) inv[i0 + j] = 1.0f / avx512::hsum(sum[j]);
+    }
+    const auto* p32 = reinterpret_cast<const std::uint32_t*>(p16);
+    const std::ptrdiff_t nd = (D + 15) / 16;
+    for (std::ptrdiff_t d = 0; d < nd; d += 2) {
+        const int cols = static_cast<int>(std::min<std::ptrdiff_t>(32, D - d * 16));
+        if (d + 1 < nd)
+            attn_pv_tile<MR, 2>(p32, ldp / 2, rows, vp + d * vpanel, vpanel, lp / 2, inv, c + d * 16, ldc, cols);
+        else
+            attn_pv_tile<MR, 1>(p32, ldp / 2, rows, vp + d * vpanel, vpanel, lp / 2, inv, c + d * 16, ldc, cols);
+    }
+}
+
+BERTLET_TARGET_BF16 inline void attention_head(const float* q, const float* k, const float* v, std::ptrdiff_t ld,
+                                               float* ctx, std::ptrdiff_t ldc, std::ptrdiff_t L, std::ptrdiff_t D,
+                                               float scale, void* scratch) {
+    if (L <= 0 || D <= 0) return;
+    const std::ptrdiff_t dp = bf16_pad_k(D), lds = (L + 15) / 16 * 16, ldp = (L + 31) / 32 * 32;
+    auto* base = reinterpret_cast<unsigned char*>(
+        (reinterpret_cast<std::uintptr_t>(scratch) + 63) & ~static_cast<std::uintptr_t>(63));
+    auto carve = [&](std::size_t bytes) {
+        unsigned char* p = base;
+        base += (bytes + 63) / 64 * 64;
+        return p;
+    };
+    auto* kp = reinterpret_cast<std::uint16_t*>(carve(bf16_packed_size(L, D) * 2));
+    auto* vp = reinterpret_cast<std::uint16_t*>(carve(bf16_packed_size(D, L) * 2));
+    auto* q16 = reinterpret_cast<std::uint16_t*>(carve(static_cast<std::size_t>(L * dp) * 2));
+    auto* s = reinterpret_cast<float*>(carve(static_cast<std::size_t>(12 * lds) * 4));
+    auto* p16 = reinterpret_cast<std::uint16_t*>(carve(static_cast<std::size_t>(12 * ldp) * 2));
+    pack_nk(k, L, D, ld, kp);
+    pack_kn(v, L, D, ld, vp);
+    for (std::ptrdiff_t i = 0; i < L; ++i) {
+        convert(q + i * ld, D, q16 + i * dp);
+        if (dp > D) q16[i * dp + D] = 0;
+    }
+    const auto* q32 = reinterpret_cast<const std::uint32_t*>(q16);
+    for (std::ptrdiff_t q0 = 0; q0 < L; q0 += 12) {
+        const int rows = static_cast<int>(std::min<std::ptrdiff_t>(12, L - q0));
+        const std::uint32_t* qr = q32 + q0 * (dp / 2);
+        float* cr = ctx + q0 * ldc;
+        if (rows > 8) attn_rows<12>(qr, dp / 2, rows, kp, vp, L, D, scale, s, lds, p16, ldp, cr, ldc);
+        else if (rows > 4) attn_rows<8>(qr, dp / 2, rows, kp, vp, L, D, scale, s, lds, p16, ldp, cr, ldc);
+        else attn_rows<4>(qr, dp / 2, rows, kp, vp, L, D, scale, s, lds, p16, ldp, cr, ldc);
+    }
+}
+
 }  // namespace detail::bf16
 #endif  // BERTLET_BF16_X86
 
@@ -590,6 +758,52 @@ inline void gemm_bf16_ref(const float* A, std::ptrdiff_t lda, std::ptrdiff_t M, 
                           std::ptrdiff_t ldc, std::ptrdiff_t m0, std::ptrdiff_t m1, std::ptrdiff_t p0,
                           std::ptrdiff_t p1, void* scratch = nullptr) {
     gemm_bf16_ref(detail::bf16::make_args(A, lda, M, K, W, N, ep, C, ldc), m0, m1, p0, p1, scratch);
+}
+
+/// Bytes of scratch bf16_attention_head needs for one head at length L, head size D (any alignment).
+constexpr std::size_t bf16_attention_scratch_bytes(std::size_t L, std::size_t D) noexcept {
+    const std::size_t dp = (D + 1) / 2 * 2, lds = (L + 15) / 16 * 16, ldp = (L + 31) / 32 * 32;
+    auto up = [](std::size_t b) { return (b + 63) / 64 * 64; };
+    return 64 + up(bf16_packed_size(L, D) * 2) + up(bf16_packed_size(D, L) * 2) + up(L * dp * 2) + up(12 * lds * 4) +
+           up(12 * ldp * 2);
+}
+
+/// Scalar reference of bf16_attention_head: Q and K rounded to bf16, S = scale * Q K^T, e = exp(S - rowmax) in
+/// fp32, P = bf16(e), ctx = (P bf16(V)) / sum(e). Accumulations in double (the fast kernel's fp32 sums differ in the
+/// last bits). No scratch.
+inline void bf16_attention_head_ref(const float* q, const float* k, const float* v, std::ptrdiff_t ld, float* ctx,
+                                    std::ptrdiff_t ldc, std::ptrdiff_t L, std::ptrdiff_t D, float scale) {
+    auto r = [](float x) { return bf16_to_float(float_to_bf16(x)); };
+    for (std::ptrdiff_t i = 0; i < L; ++i) {
+        float mx = -INFINITY;
+        for (std::ptrdiff_t j = 0; j < L; ++j) {
+            double d = 0;
+            for (std::ptrdiff_t t = 0; t < D; ++t) d += double(r(q[i * ld + t])) * r(k[j * ld + t]);
+            mx = std::max(mx, static_cast<float>(d) * scale);
+        }
+        double sum = 0;
+        std::vector<double> acc(static_cast<std::size_t>(D), 0.0);
+        for (std::ptrdiff_t j = 0; j < L; ++j) {
+            double d = 0;
+            for (std::ptrdiff_t t = 0; t < D; ++t) d += double(r(q[i * ld + t])) * r(k[j * ld + t]);
+            const float e = std::exp(static_cast<float>(d) * scale - mx);
+            sum += e;
+            for (std::ptrdiff_t t = 0; t < D; ++t) acc[static_cast<std::size_t>(t)] += double(r(e)) * r(v[j * ld + t]);
+        }
+        for (std::ptrdiff_t t = 0; t < D; ++t) ctx[i * ldc + t] = static_cast<float>(acc[static_cast<std::size_t>(t)] / sum);
+    }
+}
+
+/// One attention head of one sequence in bf16 (fp32 accumulation and softmax): ctx[L, D] (row stride ldc) =
+/// softmax(scale * Q K^T) V, Q, K, V [L, D] with row stride ld. scratch: bf16_attention_scratch_bytes(L, D) bytes.
+/// Without AVX512_BF16 it runs the scalar reference (slow; callers check bf16_supported()).
+inline void bf16_attention_head(const float* q, const float* k, const float* v, std::ptrdiff_t ld, float* ctx,
+                                std::ptrdiff_t ldc, std::ptrdiff_t L, std::ptrdiff_t D, float scale, void* scratch) {
+#if defined(BERTLET_BF16_X86)
+    if (bf16_supported()) return detail::bf16::attention_head(q, k, v, ld, ctx, ldc, L, D, scale, scratch);
+#endif
+    (void)scratch;
+    bf16_attention_head_ref(q, k, v, ld, ctx, ldc, L, D, scale);
 }
 
 /// Whole GEMM over a pool (as detail::gemm_parallel): tasks are (block of bf16_mc rows) x (chunk of panel pairs).

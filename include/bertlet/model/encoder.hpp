@@ -62,8 +62,8 @@ private:
     static std::size_t thread_scratch_floats(std::size_t max_len, const bert_config& c) {
         const std::size_t D = c.head_dim(), L = std::max<std::size_t>(max_len, 1);
         return detail::gemm_scratch_floats() +
-               std::max(detail::packed_n16_size(L, D) + detail::packed_n16_size(D, L) + attn_rows * L + 16,
-                        detail::attention_scratch_floats(L, D));
+               std::max({detail::packed_n16_size(L, D) + detail::packed_n16_size(D, L) + attn_rows * L + 16,
+                         detail::attention_scratch_floats(L, D), bf16_attention_scratch_bytes(L, D) / 4 + 1});
     }
     static void grow(std::vector<float>& v, std::size_t n) {
         if (v.size() < n) v.resize(n);
@@ -236,41 +236,16 @@ struct encoder_block {
             float* kp = gs + detail::gemm_scratch_floats();
             float* vp = kp + detail::packed_n16_size(static_cast<std::size_t>(L), static_cast<std::size_t>(D));
             float* sc = vp + detail::packed_n16_size(static_cast<std::size_t>(D), static_cast<std::size_t>(L));
-            if (K.attention && D % 16 == 0 && !ex.bf16_attention) {  // the path's fused kernel
-                K.attention(q + off * ldqkv + h * D, k + off * ldqkv + h * D, v + off * ldqkv + h * D, ldqkv,
-                            ctx + off * H + h * D, H, L, D, scale, kp);
+            const float* qh = q + off * ldqkv + h * D;
+            const float* kh = k + off * ldqkv + h * D;
+            const float* vh = v + off * ldqkv + h * D;
+            float* ch = ctx + off * H + h * D;
+            if (ex.bf16_attention) {  // fused, bf16 operands, fp32 accumulation and softmax (kernels/gemm_bf16.hpp)
+                bf16_attention_head(qh, kh, vh, ldqkv, ch, H, L, D, scale, kp);
                 return;
             }
-            if (ex.bf16_attention) {  // Q K^T and P V with bf16 operands, fp32 accumulation, fp32 softmax
-                auto* kp16 = reinterpret_cast<std::uint16_t*>(kp);  // bf16 panels take at most half the floats
-                auto* vp16 = reinterpret_cast<std::uint16_t*>(vp);
-                pack_bf16(k + off * ldqkv + h * D, L, D, ldqkv, kp16);
-                pack_bf16_kn(v + off * ldqkv + h * D, L, D, ldqkv, vp16);
-                for (ptrdiff_t q0 = 0; q0 < L; q0 += QT) {
-                    const ptrdiff_t qt = std::min(QT, L - q0);
-                    gemm_bf16_args g1;
-                    g1.a = q + (off + q0) * ldqkv + h * D;
-                    g1.lda = ldqkv;
-                    g1.b = kp16;
-                    g1.c = sc;
-                    g1.ldc = L;
-                    g1.m = qt;
-                    g1.n = L;
-                    g1.k = D;
-                    g1.ep.alpha = scale;
-                    gemm_bf16(g1, 0, qt, 0, detail::panels_of(L), gs);
-                    K.softmax(sc, qt, L, L);
-                    gemm_bf16_args g2;
-                    g2.a = sc;
-                    g2.lda = L;
-                    g2.b = vp16;
-                    g2.c = ctx + (off + q0) * H + h * D;
-                    g2.ldc = H;
-                    g2.m = qt;
-                    g2.n = D;
-                    g2.k = L;
-                    gemm_bf16(g2, 0, qt, 0, detail::panels_of(D), gs);
-                }
+            if (K.attention && D % 16 == 0) {  // the path's fused fp32 kernel
+                K.attention(qh, kh, vh, ldqkv, ch, H, L, D, scale, kp);
                 return;
             }
             detail::pack_n16(k + off * ldqkv + h * D, L, D, ldqkv, kp);   // K_h as a weight [L outputs, D inputs]
