@@ -1,7 +1,7 @@
 // End-to-end embedding benchmarks (Google Benchmark). One thread; sequences of an exact token length.
 //   build/bench/bertlet_bench [--benchmark_filter=...]   (model: $BERTLET_MODEL or models/all-MiniLM-L6-v2.bertlet)
 // Kernel path: the best the CPU has, or BERTLET_FORCE_ARCH=scalar|avx2|avx512|neon. BM_gemm measures the packed
-// GEMM alone (MiniLM's shapes at 128 tokens) and reports GFLOP/s.
+// GEMM alone (MiniLM's shapes at 128 tokens) and reports GFLOP/s; BM_layernorm the row-wise LayerNorm (floats/ns).
 #include <benchmark/benchmark.h>
 #include <bertlet/bertlet.hpp>
 #include <bertlet/kernels/dispatch.hpp>
@@ -98,6 +98,28 @@ BENCHMARK(BM_gemm)
     ->Args({128, 1536, 384})
     ->Args({128, 384, 1536})
     ->Unit(benchmark::kMicrosecond);
+
+// Row-wise LayerNorm alone (MiniLM: 128 tokens x 384), in place; arg 2 = 1 adds a residual first. In place is
+// fine: the output is normalised, so repeated calls see the same value range.
+void BM_layernorm(benchmark::State& st) {
+    namespace bd = bertlet::detail;
+    const std::ptrdiff_t rows = st.range(0), n = st.range(1);
+    std::vector<float> x(static_cast<std::size_t>(rows * n)), res(x.size());
+    for (std::size_t i = 0; i < x.size(); ++i) {
+        x[i] = static_cast<float>(static_cast<int>(i * 7919 % 2003) - 1001) * 1e-3f;
+        res[i] = static_cast<float>(static_cast<int>(i * 104729 % 1009) - 504) * 1e-3f;
+    }
+    std::vector<float> gamma(static_cast<std::size_t>(n), 1.1f), beta(static_cast<std::size_t>(n), 0.1f);
+    const auto& kt = bd::kernels_for(bertlet::active_isa());
+    const float* r = st.range(2) ? res.data() : nullptr;
+    for (auto _ : st) {
+        kt.layernorm(x.data(), r, rows, n, gamma.data(), beta.data(), 1e-12f);
+        benchmark::DoNotOptimize(x.data());
+    }
+    // Printed as floats=<x>G/s, i.e. x floats per ns.
+    st.counters["floats"] = benchmark::Counter(double(rows) * double(n), benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_layernorm)->Args({128, 384, 0})->Args({128, 384, 1})->Unit(benchmark::kNanosecond);
 
 void BM_embed_text(benchmark::State& st) {
     const std::string text = "A man is playing a large flute while the audience watches from the riverbank.";

@@ -241,26 +241,54 @@ TEST_CASE("kernels: softmax, LayerNorm, GELU, embedding sum against double refer
                     CHECK(std::fabs(y[r * ld + i] - std::exp(double(x[r * ld + i]) - mx) / sum) <= 1e-6);
                 for (std::ptrdiff_t i = n; i < ld; ++i) CHECK(y[r * ld + i] == x[r * ld + i]);
             }
-            // LayerNorm with a residual, offset inputs (mean far from 0)
-            auto v = rand_vec(rows * n, 41 + unsigned(n), 3.f, 5.f);
-            auto res = rand_vec(rows * n, 42 + unsigned(n));
-            auto g = rand_vec(n, 43, 0.5f, 1.5f);
-            auto b = rand_vec(n, 44);
-            auto out = v;
-            kt.layernorm(out.data(), res.data(), rows, n, g.data(), b.data(), 1e-12f);
-            for (std::ptrdiff_t r = 0; r < rows; ++r) {
-                double mean = 0, var = 0;
-                for (std::ptrdiff_t i = 0; i < n; ++i) mean += double(v[r * n + i]) + res[r * n + i];
-                mean /= double(n);
-                for (std::ptrdiff_t i = 0; i < n; ++i) {
-                    const double d = double(v[r * n + i]) + res[r * n + i] - mean;
-                    var += d * d;
-                }
-                var /= double(n);
-                for (std::ptrdiff_t i = 0; i < n; ++i) {
-                    const double want =
-                        (double(v[r * n + i]) + res[r * n + i] - mean) / std::sqrt(var + 1e-12) * g[i] + b[i];
-                    if (n > 1) CHECK(std::fabs(out[r * n + i] - want) <= 2e-5);
+            // LayerNorm, x = LN(x + residual) * g + b: 1..9 rows (the SIMD paths work on blocks of 4 rows, then 1-3),
+            // with and without a residual, inputs in [-1, 1], [3, 5] and [1000, 1001] (mean far from 0: a one-pass
+            // E[x^2] - E[x]^2 variance cancels catastrophically there). Row r is shifted by 3r as well, so a row
+            // normalised with another row's statistics cannot pass; nothing past the last row may be written.
+            const auto g = rand_vec(n, 43, 0.5f, 1.5f), b = rand_vec(n, 44);
+            for (std::ptrdiff_t lrows : {1, 3, 4, 5, 7, 9}) {
+                for (const float lo : {-1.f, 3.f, 1000.f}) {
+                    for (const bool with_res : {false, true}) {
+                        CAPTURE(lrows);
+                        CAPTURE(lo);
+                        CAPTURE(with_res);
+                        const unsigned seed = 41 + unsigned(n) + 1000 * unsigned(lrows) + unsigned(lo);
+                        auto v = rand_vec(lrows * n, seed, lo, lo + (lo < 100.f ? 2.f : 1.f));
+                        for (std::ptrdiff_t r = 0; r < lrows; ++r)
+                            for (std::ptrdiff_t i = 0; i < n; ++i) v[r * n + i] += 3.f * float(r);
+                        const auto res = rand_vec(lrows * n, seed + 1);
+                        auto out = v;
+                        out.push_back(-777.f);  // sentinel
+                        kt.layernorm(out.data(), with_res ? res.data() : nullptr, lrows, n, g.data(), b.data(), 1e-12f);
+                        CHECK(out.back() == -777.f);
+                        for (std::ptrdiff_t r = 0; r < lrows; ++r) {
+                            // x + residual is a float add by contract (x is float storage); the rest in double.
+                            std::vector<double> xs(static_cast<std::size_t>(n));
+                            double mean = 0, var = 0;
+                            for (std::ptrdiff_t i = 0; i < n; ++i) {
+                                xs[i] = with_res ? double(v[r * n + i] + res[r * n + i]) : double(v[r * n + i]);
+                                mean += xs[i];
+                            }
+                            mean /= double(n);
+                            for (std::ptrdiff_t i = 0; i < n; ++i) var += (xs[i] - mean) * (xs[i] - mean);
+                            var /= double(n);
+                            const double inv = 1.0 / std::sqrt(var + 1e-12);
+                            for (std::ptrdiff_t i = 0; i < n; ++i) {
+                                if (n == 1) {  // x - mean is exactly 0
+                                    CHECK(out[r * n + i] == b[i]);
+                                    continue;
+                                }
+                                const double want = (xs[i] - mean) * inv * g[i] + b[i];
+                                // 2e-5, plus what a plain float two-pass mean may be off by when the mean is far from 0
+                                // (the scalar path sums sequentially): ~sqrt(n) roundings of |mean| * 2^-24, scaled
+                                // by inv * g (the scalar path reaches ~1/5 of it). At mean 1000 it stays < 0.03, far
+                                // below the O(1) errors of a cancelled variance.
+                                const double tol =
+                                    2e-5 + 4.0 * std::ldexp(std::fabs(mean), -24) * std::sqrt(double(n)) * inv * g[i];
+                                CHECK(std::fabs(out[r * n + i] - want) <= tol);
+                            }
+                        }
+                    }
                 }
             }
             // embedding sum

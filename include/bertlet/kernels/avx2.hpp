@@ -161,34 +161,117 @@ inline void gemm(const gemm_args& g, std::ptrdiff_t m0, std::ptrdiff_t m1, std::
     gemm_blocked<traits>(g, m0, m1, p0, p1, scratch);
 }
 
+/// LayerNorm of R consecutive rows (stride n) at a time, as avx512::layernorm_rows: R independent add / FMA chains
+/// overlap (one row alone is latency-bound), gamma / beta are loaded once per R rows, and the numerics are the
+/// corrected two-pass scheme (pass 2 also sums d = x - mean to correct the float mean; pass 3 subtracts the mean as
+/// a float pair hi + lo). Never E[x^2] - E[x]^2.
+template <int R>
+BERTLET_TARGET_AVX2 inline void layernorm_rows(float* x, const float* residual, std::ptrdiff_t n, const float* gamma,
+                                               const float* beta, float eps) {
+    const std::ptrdiff_t nf = n & ~std::ptrdiff_t{7};  // full vectors; the tail (1..7 floats, if any) is masked
+    const std::ptrdiff_t nt = n - nf;
+    const __m256i mi = lane_mask(nt);
+    const __m256 mt = _mm256_castsi256_ps(mi);
+    __m256 s[R], c[R], q[R], mv[R], iv[R], lv[R];
+#pragma GCC unroll 4
+    for (int j = 0; j < R; ++j) s[j] = _mm256_setzero_ps();
+    // Pass 1: x += residual (stored back: the caller's contract), sum. Masked loads give 0 in the off lanes.
+    if (residual) {
+        for (std::ptrdiff_t i = 0; i < nf; i += 8) {
+#pragma GCC unroll 4
+            for (int j = 0; j < R; ++j) {
+                const __m256 v = _mm256_add_ps(_mm256_loadu_ps(x + j * n + i), _mm256_loadu_ps(residual + j * n + i));
+                _mm256_storeu_ps(x + j * n + i, v);
+                s[j] = _mm256_add_ps(s[j], v);
+            }
+        }
+        if (nt) {
+#pragma GCC unroll 4
+            for (int j = 0; j < R; ++j) {
+                const __m256 v = _mm256_add_ps(_mm256_maskload_ps(x + j * n + nf, mi),
+                                               _mm256_maskload_ps(residual + j * n + nf, mi));
+                _mm256_maskstore_ps(x + j * n + nf, mi, v);
+                s[j] = _mm256_add_ps(s[j], v);
+            }
+        }
+    } else {
+        for (std::ptrdiff_t i = 0; i < nf; i += 8) {
+#pragma GCC unroll 4
+            for (int j = 0; j < R; ++j) s[j] = _mm256_add_ps(s[j], _mm256_loadu_ps(x + j * n + i));
+        }
+        if (nt) {
+#pragma GCC unroll 4
+            for (int j = 0; j < R; ++j) s[j] = _mm256_add_ps(s[j], _mm256_maskload_ps(x + j * n + nf, mi));
+        }
+    }
+    float mean[R];
+#pragma GCC unroll 4
+    for (int j = 0; j < R; ++j) {
+        mean[j] = hsum(s[j]) / static_cast<float>(n);
+        mv[j] = _mm256_set1_ps(mean[j]);
+        c[j] = _mm256_setzero_ps();
+        q[j] = _mm256_setzero_ps();
+    }
+    // Pass 2: sum(d) and sum(d^2), d = x - mean (off lanes of the tail zeroed).
+    for (std::ptrdiff_t i = 0; i < nf; i += 8) {
+#pragma GCC unroll 4
+        for (int j = 0; j < R; ++j) {
+            const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + j * n + i), mv[j]);
+            c[j] = _mm256_add_ps(c[j], d);
+            q[j] = _mm256_fmadd_ps(d, d, q[j]);
+        }
+    }
+    if (nt) {
+#pragma GCC unroll 4
+        for (int j = 0; j < R; ++j) {
+            const __m256 d = _mm256_and_ps(mt, _mm256_sub_ps(_mm256_maskload_ps(x + j * n + nf, mi), mv[j]));
+            c[j] = _mm256_add_ps(c[j], d);
+            q[j] = _mm256_fmadd_ps(d, d, q[j]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int j = 0; j < R; ++j) {
+        const double dn = static_cast<double>(n), cs = static_cast<double>(hsum(c[j]));
+        const double var = std::max(0.0, (static_cast<double>(hsum(q[j])) - cs * cs / dn) / dn);
+        const double m = static_cast<double>(mean[j]) + cs / dn;
+        const float hi = static_cast<float>(m);
+        const float inv = static_cast<float>(1.0 / std::sqrt(var + static_cast<double>(eps)));
+        mv[j] = _mm256_set1_ps(hi);
+        iv[j] = _mm256_set1_ps(inv);
+        lv[j] = _mm256_set1_ps(static_cast<float>((m - static_cast<double>(hi)) * static_cast<double>(inv)));
+    }
+    // Pass 3: (x - mean) / sd * gamma + beta; gamma and beta shared by the R rows.
+    for (std::ptrdiff_t i = 0; i < nf; i += 8) {
+        const __m256 g = _mm256_loadu_ps(gamma + i), b = _mm256_loadu_ps(beta + i);
+#pragma GCC unroll 4
+        for (int j = 0; j < R; ++j) {
+            float* xr = x + j * n + i;
+            const __m256 d = _mm256_fmsub_ps(_mm256_sub_ps(_mm256_loadu_ps(xr), mv[j]), iv[j], lv[j]);
+            _mm256_storeu_ps(xr, _mm256_fmadd_ps(d, g, b));
+        }
+    }
+    if (nt) {
+        const __m256 g = _mm256_maskload_ps(gamma + nf, mi), b = _mm256_maskload_ps(beta + nf, mi);
+#pragma GCC unroll 4
+        for (int j = 0; j < R; ++j) {
+            float* xr = x + j * n + nf;
+            const __m256 d = _mm256_fmsub_ps(_mm256_sub_ps(_mm256_maskload_ps(xr, mi), mv[j]), iv[j], lv[j]);
+            _mm256_maskstore_ps(xr, mi, _mm256_fmadd_ps(d, g, b));
+        }
+    }
+}
+
 BERTLET_TARGET_AVX2 inline void layernorm(float* x, const float* residual, std::ptrdiff_t rows, std::ptrdiff_t n,
                                          const float* gamma, const float* beta, float eps) {
-    for (std::ptrdiff_t r = 0; r < rows; ++r) {
-        float* xr = x + r * n;
-        __m256 s = _mm256_setzero_ps();
-        for (std::ptrdiff_t i = 0; i < n; i += 8) {
-            __m256 v = load_n(xr + i, n - i);
-            if (residual) {
-                v = _mm256_add_ps(v, load_n(residual + r * n + i, n - i));
-                store_n(xr + i, v, n - i);
-            }
-            s = _mm256_add_ps(s, v);
-        }
-        const float mean = hsum(s) / static_cast<float>(n);
-        const __m256 mv = _mm256_set1_ps(mean);
-        __m256 q = _mm256_setzero_ps();
-        for (std::ptrdiff_t i = 0; i < n; i += 8) {
-            const __m256 m = _mm256_castsi256_ps(lane_mask(n - i));
-            const __m256 d = _mm256_and_ps(m, _mm256_sub_ps(load_n(xr + i, n - i), mv));
-            q = _mm256_fmadd_ps(d, d, q);
-        }
-        const float inv = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hsum(q)) / static_cast<double>(n) +
-                                                             static_cast<double>(eps)));
-        const __m256 iv = _mm256_set1_ps(inv);
-        for (std::ptrdiff_t i = 0; i < n; i += 8) {
-            const __m256 d = _mm256_mul_ps(_mm256_sub_ps(load_n(xr + i, n - i), mv), iv);
-            store_n(xr + i, _mm256_fmadd_ps(d, load_n(gamma + i, n - i), load_n(beta + i, n - i)), n - i);
-        }
+    std::ptrdiff_t r0 = 0;
+    for (; r0 + 4 <= rows; r0 += 4)
+        layernorm_rows<4>(x + r0 * n, residual ? residual + r0 * n : nullptr, n, gamma, beta, eps);
+    const float* res = residual ? residual + r0 * n : nullptr;
+    switch (rows - r0) {  // 0..3 rows left: one block of that height
+        case 3: layernorm_rows<3>(x + r0 * n, res, n, gamma, beta, eps); break;
+        case 2: layernorm_rows<2>(x + r0 * n, res, n, gamma, beta, eps); break;
+        case 1: layernorm_rows<1>(x + r0 * n, res, n, gamma, beta, eps); break;
+        default: break;
     }
 }
 

@@ -243,38 +243,120 @@ inline void gemm(const gemm_args& g, std::ptrdiff_t m0, std::ptrdiff_t m1, std::
     gemm_blocked<traits>(g, m0, m1, p0, p1, scratch);
 }
 
+/// LayerNorm of R consecutive rows (stride n) at a time. One row alone is latency-bound: each pass is a single
+/// dependent add / FMA chain and the horizontal sums + 1/sqrt serialise; R rows give R independent chains that
+/// overlap, and gamma / beta are loaded once per R rows.
+///
+/// Numerics stay two-pass, with the "corrected two-pass" refinement: pass 2 sums d = x - mean as well as d^2, so
+/// mean += sum(d) / n removes the rounding error of the float mean (it dominates when the mean is far from 0), and
+/// sum((x - mean')^2) = sum(d^2) - sum(d)^2 / n exactly. Never E[x^2] - E[x]^2 (catastrophic cancellation).
+/// Pass 3 subtracts mean' as a float pair hi + lo, (x - hi) * inv - lo * inv, at the cost of the plain form
+/// (sub, FMA, FMA): a float mean alone is off by up to half an ulp of the mean, which is 1e-4 sd at mean 1000.
+template <int R>
+BERTLET_TARGET_AVX512 inline void layernorm_rows(float* x, const float* residual, std::ptrdiff_t n,
+                                                 const float* gamma, const float* beta, float eps) {
+    const std::ptrdiff_t nf = n & ~std::ptrdiff_t{15};  // full vectors; the tail (0..15 floats) is masked
+    const __mmask16 mt = tail_mask(n - nf);              // 0 when n % 16 == 0
+    __m512 s[R], c[R], q[R], mv[R], iv[R], lv[R];
+#pragma GCC unroll 4
+    for (int j = 0; j < R; ++j) s[j] = _mm512_setzero_ps();
+    // Pass 1: x += residual (stored back: the caller's contract), sum.
+    if (residual) {
+        for (std::ptrdiff_t i = 0; i < nf; i += 16) {
+#pragma GCC unroll 4
+            for (int j = 0; j < R; ++j) {
+                const __m512 v = _mm512_add_ps(_mm512_loadu_ps(x + j * n + i), _mm512_loadu_ps(residual + j * n + i));
+                _mm512_storeu_ps(x + j * n + i, v);
+                s[j] = _mm512_add_ps(s[j], v);
+            }
+        }
+        if (mt) {
+#pragma GCC unroll 4
+            for (int j = 0; j < R; ++j) {
+                const __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(mt, x + j * n + nf),
+                                               _mm512_maskz_loadu_ps(mt, residual + j * n + nf));
+                _mm512_mask_storeu_ps(x + j * n + nf, mt, v);
+                s[j] = _mm512_add_ps(s[j], v);
+            }
+        }
+    } else {
+        for (std::ptrdiff_t i = 0; i < nf; i += 16) {
+#pragma GCC unroll 4
+            for (int j = 0; j < R; ++j) s[j] = _mm512_add_ps(s[j], _mm512_loadu_ps(x + j * n + i));
+        }
+        if (mt) {
+#pragma GCC unroll 4
+            for (int j = 0; j < R; ++j) s[j] = _mm512_add_ps(s[j], _mm512_maskz_loadu_ps(mt, x + j * n + nf));
+        }
+    }
+    float mean[R];
+#pragma GCC unroll 4
+    for (int j = 0; j < R; ++j) {
+        mean[j] = hsum(s[j]) / static_cast<float>(n);
+        mv[j] = _mm512_set1_ps(mean[j]);
+        c[j] = _mm512_setzero_ps();
+        q[j] = _mm512_setzero_ps();
+    }
+    // Pass 2: sum(d) and sum(d^2), d = x - mean (masked-off lanes are 0).
+    for (std::ptrdiff_t i = 0; i < nf; i += 16) {
+#pragma GCC unroll 4
+        for (int j = 0; j < R; ++j) {
+            const __m512 d = _mm512_sub_ps(_mm512_loadu_ps(x + j * n + i), mv[j]);
+            c[j] = _mm512_add_ps(c[j], d);
+            q[j] = _mm512_fmadd_ps(d, d, q[j]);
+        }
+    }
+    if (mt) {
+#pragma GCC unroll 4
+        for (int j = 0; j < R; ++j) {
+            const __m512 d = _mm512_maskz_sub_ps(mt, _mm512_maskz_loadu_ps(mt, x + j * n + nf), mv[j]);
+            c[j] = _mm512_add_ps(c[j], d);
+            q[j] = _mm512_fmadd_ps(d, d, q[j]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int j = 0; j < R; ++j) {
+        const double dn = static_cast<double>(n), cs = static_cast<double>(hsum(c[j]));
+        const double var = std::max(0.0, (static_cast<double>(hsum(q[j])) - cs * cs / dn) / dn);
+        const double m = static_cast<double>(mean[j]) + cs / dn;
+        const float hi = static_cast<float>(m);
+        const float inv = static_cast<float>(1.0 / std::sqrt(var + static_cast<double>(eps)));
+        mv[j] = _mm512_set1_ps(hi);
+        iv[j] = _mm512_set1_ps(inv);
+        lv[j] = _mm512_set1_ps(static_cast<float>((m - static_cast<double>(hi)) * static_cast<double>(inv)));
+    }
+    // Pass 3: (x - mean) / sd * gamma + beta; gamma and beta shared by the R rows.
+    for (std::ptrdiff_t i = 0; i < nf; i += 16) {
+        const __m512 g = _mm512_loadu_ps(gamma + i), b = _mm512_loadu_ps(beta + i);
+#pragma GCC unroll 4
+        for (int j = 0; j < R; ++j) {
+            float* xr = x + j * n + i;
+            const __m512 d = _mm512_fmsub_ps(_mm512_sub_ps(_mm512_loadu_ps(xr), mv[j]), iv[j], lv[j]);
+            _mm512_storeu_ps(xr, _mm512_fmadd_ps(d, g, b));
+        }
+    }
+    if (mt) {
+        const __m512 g = _mm512_maskz_loadu_ps(mt, gamma + nf), b = _mm512_maskz_loadu_ps(mt, beta + nf);
+#pragma GCC unroll 4
+        for (int j = 0; j < R; ++j) {
+            float* xr = x + j * n + nf;
+            const __m512 d = _mm512_fmsub_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(mt, xr), mv[j]), iv[j], lv[j]);
+            _mm512_mask_storeu_ps(xr, mt, _mm512_fmadd_ps(d, g, b));
+        }
+    }
+}
+
 BERTLET_TARGET_AVX512 inline void layernorm(float* x, const float* residual, std::ptrdiff_t rows, std::ptrdiff_t n,
                                            const float* gamma, const float* beta, float eps) {
-    for (std::ptrdiff_t r = 0; r < rows; ++r) {
-        float* xr = x + r * n;
-        __m512 s = _mm512_setzero_ps();
-        for (std::ptrdiff_t i = 0; i < n; i += 16) {
-            const __mmask16 m = tail_mask(n - i);
-            __m512 v = _mm512_maskz_loadu_ps(m, xr + i);
-            if (residual) {
-                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, residual + r * n + i));
-                _mm512_mask_storeu_ps(xr + i, m, v);
-            }
-            s = _mm512_add_ps(s, v);
-        }
-        const float mean = hsum(s) / static_cast<float>(n);
-        const __m512 mv = _mm512_set1_ps(mean);
-        __m512 q = _mm512_setzero_ps();
-        for (std::ptrdiff_t i = 0; i < n; i += 16) {
-            const __mmask16 m = tail_mask(n - i);
-            const __m512 d = _mm512_maskz_sub_ps(m, _mm512_maskz_loadu_ps(m, xr + i), mv);
-            q = _mm512_fmadd_ps(d, d, q);
-        }
-        const float inv = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hsum(q)) / static_cast<double>(n) +
-                                                             static_cast<double>(eps)));
-        const __m512 iv = _mm512_set1_ps(inv);
-        for (std::ptrdiff_t i = 0; i < n; i += 16) {
-            const __mmask16 m = tail_mask(n - i);
-            const __m512 d = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, xr + i), mv), iv);
-            const __m512 g = _mm512_maskz_loadu_ps(m, gamma + i);
-            const __m512 y = _mm512_fmadd_ps(d, g, _mm512_maskz_loadu_ps(m, beta + i));
-            _mm512_mask_storeu_ps(xr + i, m, y);
-        }
+    std::ptrdiff_t r0 = 0;
+    for (; r0 + 4 <= rows; r0 += 4)
+        layernorm_rows<4>(x + r0 * n, residual ? residual + r0 * n : nullptr, n, gamma, beta, eps);
+    const float* res = residual ? residual + r0 * n : nullptr;
+    switch (rows - r0) {  // 0..3 rows left: one block of that height
+        case 3: layernorm_rows<3>(x + r0 * n, res, n, gamma, beta, eps); break;
+        case 2: layernorm_rows<2>(x + r0 * n, res, n, gamma, beta, eps); break;
+        case 1: layernorm_rows<1>(x + r0 * n, res, n, gamma, beta, eps); break;
+        default: break;
     }
 }
 
