@@ -408,11 +408,16 @@ BERTLET_TARGET_BF16 void tile(const tile_args& t) {
     const std::uint32_t* a = t.ap;
     const std::uint16_t* b0 = t.b0;
     const std::uint16_t* b1 = t.b1;
+    // next panel group's lines spread evenly over the k loop (as the fp32 tile_mr: a burst delays this tile's loads)
     const std::ptrdiff_t npf = t.pf_n;
+    const std::ptrdiff_t step = npf > 0 ? std::max<std::ptrdiff_t>(1, t.npairs / npf) : 1;
+    std::ptrdiff_t pk = 0, next = 0;
     for (std::ptrdiff_t g = 0; g < t.npairs; ++g) {
-        if (g < npf) {
-            _mm_prefetch(reinterpret_cast<const char*>(t.pf[0] + g * 32), _MM_HINT_T1);
-            _mm_prefetch(reinterpret_cast<const char*>(t.pf[1] + g * 32), _MM_HINT_T1);
+        if (g == next && pk < npf) {
+            _mm_prefetch(reinterpret_cast<const char*>(t.pf[0] + pk * 32), _MM_HINT_T1);
+            _mm_prefetch(reinterpret_cast<const char*>(t.pf[1] + pk * 32), _MM_HINT_T1);
+            ++pk;
+            next += step;
         }
         const __m512bh w0 = reinterpret_cast<__m512bh>(_mm512_loadu_si512(b0 + g * 32));
         const __m512bh w1 = NP > 1 ? reinterpret_cast<__m512bh>(_mm512_loadu_si512(b1 + g * 32)) : w0;
