@@ -313,6 +313,128 @@ TEST_CASE("kernels: softmax, LayerNorm, GELU, embedding sum against double refer
     }
 }
 
+TEST_CASE("kernels: GELU (erf, tanh) and softmax's exp at every 2^-12 over [-10, 10] and at edge values, every path") {
+    // Dense enough that one wrong polynomial coefficient or table entry shows. The SIMD GELUs are piecewise in |v|:
+    // pieces (npieces, gelu_s, gelu_amax) = (8, 1.325791, 5.657) on AVX2, (16, 2.7399683, 5.6569996) on AVX-512, with
+    // boundaries at (k + 0.5) / gelu_s and the clamp at gelu_amax: all are probed, with their neighbours.
+    struct pieces {
+        int n;
+        float s, amax;
+    };
+    const pieces schemes[] = {
+#if defined(BERTLET_HAVE_AVX2_PATH)
+        {8, bd::avx2::gelu_s, bd::avx2::gelu_amax},
+#endif
+#if defined(BERTLET_HAVE_AVX512_PATH)
+        {16, bd::avx512::gelu_s, bd::avx512::gelu_amax},
+#endif
+        {1, 1.f, 5.657f}};  // (keeps the array non-empty on other CPUs)
+    std::vector<float> xs;
+    for (int i = -40960; i <= 40960; ++i) xs.push_back(std::ldexp(float(i), -12));
+    std::vector<float> special = {4.0f * std::sqrt(2.0f), 12.f, 20.f, 1e3f, 1e30f, 3.4e38f, 1e-20f, 1e-38f, 1e-45f};
+    for (const pieces& p : schemes) {
+        special.push_back(p.amax);
+        for (int k = 0; k < p.n; ++k) special.push_back((float(k) + 0.5f) / p.s);
+    }
+    for (float b : special) {
+        float lo = b, hi = b;
+        for (int u = 0; u < 3; ++u) {
+            xs.insert(xs.end(), {lo, -lo, hi, -hi});
+            lo = std::nextafter(lo, 0.f);
+            hi = std::nextafter(hi, 1e38f);
+        }
+    }
+    const float inf = std::numeric_limits<float>::infinity(), qnan = std::numeric_limits<float>::quiet_NaN();
+    const std::size_t n_finite = xs.size();
+    xs.insert(xs.end(), {0.f, -0.f, inf, -inf, qnan});
+    // GELU references in double (erfc: no cancellation for v << 0); tolerances ~2x the worst path today (erf:
+    // 7.8e-8 (1 + |v|), tanh: 9.5e-8 (1 + |v|)); the former erf_ps-based GELU (2.2e-7) would fail.
+    const auto gelu_erf_ref = [](double v) { return 0.5 * v * std::erfc(-v / std::sqrt(2.0)); };
+    const auto gelu_tanh_ref = [](double v) {
+        return 0.5 * v * (1.0 + std::tanh(0.79788456080286535588 * (v + 0.044715 * v * v * v)));
+    };
+    for (auto a : bd::available_isas()) {
+        const std::string path = bertlet::isa_name(a);
+        CAPTURE(path);
+        const auto& kt = bd::kernels_for(a);
+        for (auto act : {bd::activation::gelu_erf, bd::activation::gelu_tanh}) {
+            const bool is_erf = act == bd::activation::gelu_erf;
+            CAPTURE(is_erf);
+            auto ys = xs;
+            kt.activate(ys.data(), static_cast<std::ptrdiff_t>(ys.size()), act);
+            double worst = 0;
+            float worst_x = 0;
+            bool sign_ok = true;
+            for (std::size_t i = 0; i < n_finite; ++i) {
+                const double x = xs[i], want = is_erf ? gelu_erf_ref(x) : gelu_tanh_ref(x);
+                const double e = std::fabs(double(ys[i]) - want) / (1.0 + std::fabs(x));
+                if (!(e <= worst)) worst = e, worst_x = xs[i];  // NaN counts as worst
+                // (the tanh form is v / (1 + exp(-2u)): with the AVX2 path's clamped exp (<= 1.65e38) it is not ~0
+                // for v < -1e37)
+                if (is_erf || std::fabs(x) < 1e36)
+                    sign_ok = sign_ok && (x < 0 ? ys[i] <= 0.f && ys[i] >= -0.171f : ys[i] >= 0.f && ys[i] <= xs[i]);
+            }
+            MESSAGE(path, std::string(is_erf ? " GELU erf" : " GELU tanh"), ": max |error| / (1 + |v|) = ", worst,
+                    " at v = ", worst_x);
+            CHECK(worst <= (is_erf ? 1.5e-7 : 2e-7));
+            // GELU(v) in [-0.171, 0] for v < 0 (minimum -0.16997, tanh form -0.17009), in [0, v] for v >= 0
+            CHECK(sign_ok);
+            const std::size_t e0 = n_finite;
+            CHECK(ys[e0] == 0.f);
+            CHECK(ys[e0 + 1] == 0.f);
+            CHECK(ys[e0 + 2] == inf);
+            if (is_erf) CHECK((std::isnan(ys[e0 + 3]) || ys[e0 + 3] == 0.f));  // -inf Phi(-inf): NaN on every path
+            CHECK(std::isnan(ys[e0 + 4]));
+        }
+        // softmax's exp: rows of 128 whose maximum is 0 (x[0]); the rest sweep x < 0 at 2^-12 over [-10, 0) and at
+        // 2^-6 over [-87, -10). y[i] / y[0] = exp(x[i]) up to the one rounding of y[i] = e[i] * (1 / sum), so the
+        // ratio checks exp itself: <= 2.5e-7 relative (exp: 8.9e-8 on AVX-512, 1.2e-7 on AVX2, + 6e-8).
+        std::vector<float> sweep;
+        for (int i = -1; i >= -40960; --i) sweep.push_back(std::ldexp(float(i), -12));
+        for (int i = -641; i >= -87 * 64; --i) sweep.push_back(std::ldexp(float(i), -6));
+        const std::ptrdiff_t n = 128, per = n - 1, rows = (static_cast<std::ptrdiff_t>(sweep.size()) + per - 1) / per;
+        std::vector<float> x(static_cast<std::size_t>(rows * n), -1e30f);  // tail lanes past the sweep: exp -> 0
+        for (std::ptrdiff_t r = 0; r < rows; ++r) {
+            x[r * n] = 0.f;
+            for (std::ptrdiff_t j = 1; j < n && r * per + j - 1 < static_cast<std::ptrdiff_t>(sweep.size()); ++j)
+                x[r * n + j] = sweep[r * per + j - 1];
+        }
+        auto y = x;
+        kt.softmax(y.data(), rows, n, n);
+        double worst_ratio = 0;
+        float worst_at = 0;
+        for (std::ptrdiff_t r = 0; r < rows; ++r) {
+            for (std::ptrdiff_t j = 0; j < n; ++j) {
+                const double xv = x[r * n + j], yv = y[r * n + j];
+                if (xv >= -87.0) {
+                    const double e = std::fabs(yv / double(y[r * n]) / std::exp(xv) - 1.0);
+                    if (!(e <= worst_ratio)) worst_ratio = e, worst_at = float(xv);
+                } else {
+                    CHECK((yv >= 0.0 && yv <= 1.2e-38));  // exp(-1e30): 0 (FLT_MIN on the AVX2 path, 0 < sum < 2)
+                }
+            }
+        }
+        MESSAGE(path, " softmax exp: max relative error = ", worst_ratio, " at x = ", worst_at);
+        CHECK(worst_ratio <= 2.5e-7);
+        // edge rows: -inf, huge and tiny arguments give 0 (never NaN); -0 is the maximum too
+        std::vector<float> e = {0.f, -inf, -1e30f, -1000.f, -104.f, -88.f, -87.34f, -87.3f, -0.f, -1e-30f, -80.f};
+        const std::ptrdiff_t ne = static_cast<std::ptrdiff_t>(e.size());
+        auto ey = e;
+        kt.softmax(ey.data(), 1, ne, ne);
+        double esum = 0;
+        for (float v : ey) esum += v;
+        CHECK(esum == doctest::Approx(1.0).epsilon(1e-6));
+        for (std::ptrdiff_t j = 0; j < ne; ++j) {
+            CAPTURE(e[j]);
+            CHECK(ey[j] >= 0.f);
+            if (e[j] < -87.3f) CHECK(ey[j] <= 1.2e-38f);
+        }
+        CHECK(ey[0] == ey[8]);
+        CHECK(ey[0] == doctest::Approx(1.0 / 3.0).epsilon(1e-6));
+        CHECK(ey[10] == doctest::Approx(std::exp(-80.0) / 3.0).epsilon(1e-6));
+    }
+}
+
 // Reference: one head of softmax(scale * q k^T) v in double.
 std::vector<double> attention_ref(const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
                                   std::ptrdiff_t ld, std::ptrdiff_t L, std::ptrdiff_t D, double scale) {
