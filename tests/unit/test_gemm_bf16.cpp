@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "bertlet/kernels/gemm_bf16.hpp"
+#include "test_attention_ref.hpp"
 
 namespace {
 
@@ -505,30 +506,6 @@ TEST_CASE("bf16: NaN and inf propagate") {
         }
 }
 
-namespace {
-// softmax(scale * q k^T) v in double on the fp32 inputs (what bf16 attention approximates).
-std::vector<double> attention_exact(const std::vector<float>& q, const std::vector<float>& k,
-                                    const std::vector<float>& v, std::ptrdiff_t ld, std::ptrdiff_t L, std::ptrdiff_t D,
-                                    double scale) {
-    std::vector<double> out(static_cast<std::size_t>(L * D)), s(static_cast<std::size_t>(L));
-    for (std::ptrdiff_t i = 0; i < L; ++i) {
-        double mx = -1e300, sum = 0;
-        for (std::ptrdiff_t j = 0; j < L; ++j) {
-            double d = 0;
-            for (std::ptrdiff_t t = 0; t < D; ++t) d += double(q[i * ld + t]) * k[j * ld + t];
-            mx = std::max(mx, s[j] = d * scale);
-        }
-        for (std::ptrdiff_t j = 0; j < L; ++j) sum += (s[j] = std::exp(s[j] - mx));
-        for (std::ptrdiff_t t = 0; t < D; ++t) {
-            double acc = 0;
-            for (std::ptrdiff_t j = 0; j < L; ++j) acc += s[j] * v[j * ld + t];
-            out[i * D + t] = acc / sum;
-        }
-    }
-    return out;
-}
-}  // namespace
-
 TEST_CASE("bf16: fused attention head against its scalar reference and the exact result") {
     for (std::ptrdiff_t D : {8, 16, 31, 32, 48, 64}) {
         for (std::ptrdiff_t L : {1, 2, 5, 12, 13, 17, 31, 33, 64, 127, 128, 130}) {
@@ -539,7 +516,7 @@ TEST_CASE("bf16: fused attention head against its scalar reference and the exact
             const auto k = gaussian(static_cast<std::size_t>(L * ld), 8000u + unsigned(D * 300 + L));
             const auto v = gaussian(static_cast<std::size_t>(L * ld), 9000u + unsigned(D * 300 + L));
             const float scale = 1.0f / std::sqrt(float(D));
-            const auto exact = attention_exact(q, k, v, ld, L, D, scale);
+            const auto exact = bertlet_test::attention_ref(q, k, v, ld, L, D, scale);
             std::vector<float> ref(static_cast<std::size_t>(L * ldc), 555.f);
             bertlet::bf16_attention_head_ref(q.data(), k.data(), v.data(), ld, ref.data(), ldc, L, D, scale);
             // bf16 inputs: |error| stays at the percent level of the output scale (values ~N(0,1))

@@ -7,6 +7,8 @@
 #include <bertlet/kernels/basic.hpp>
 #include <bertlet/kernels/dispatch.hpp>
 
+#include "test_attention_ref.hpp"
+
 #include <atomic>
 #include <cmath>
 #include <cstring>
@@ -438,28 +440,6 @@ TEST_CASE("kernels: GELU (erf, tanh) and softmax's exp at every 2^-12 over [-10,
     }
 }
 
-// Reference: one head of softmax(scale * q k^T) v in double.
-std::vector<double> attention_ref(const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
-                                  std::ptrdiff_t ld, std::ptrdiff_t L, std::ptrdiff_t D, double scale) {
-    std::vector<double> out(static_cast<std::size_t>(L * D)), s(static_cast<std::size_t>(L));
-    for (std::ptrdiff_t i = 0; i < L; ++i) {
-        double mx = -1e300, sum = 0;
-        for (std::ptrdiff_t j = 0; j < L; ++j) {
-            double d = 0;
-            for (std::ptrdiff_t t = 0; t < D; ++t) d += double(q[i * ld + t]) * k[j * ld + t];
-            s[j] = d * scale;
-            mx = std::max(mx, s[j]);
-        }
-        for (std::ptrdiff_t j = 0; j < L; ++j) sum += (s[j] = std::exp(s[j] - mx));
-        for (std::ptrdiff_t t = 0; t < D; ++t) {
-            double acc = 0;
-            for (std::ptrdiff_t j = 0; j < L; ++j) acc += s[j] * v[j * ld + t];
-            out[i * D + t] = acc / sum;
-        }
-    }
-    return out;
-}
-
 TEST_CASE("kernels: fused attention (kernel_table::attention) matches a double reference, every path that has one") {
     int tested = 0;
     for (auto a : bd::available_isas()) {
@@ -480,7 +460,7 @@ TEST_CASE("kernels: fused attention (kernel_table::attention) matches a double r
                 std::vector<float> ctx(static_cast<std::size_t>(L * ldc), 777.f);
                 const float scale = 1.0f / std::sqrt(float(D));
                 kt.attention(q.data(), k.data(), v.data(), ld, ctx.data(), ldc, L, D, scale, scratch.data());
-                const auto want = attention_ref(q, k, v, ld, L, D, scale);
+                const auto want = bertlet_test::attention_ref(q, k, v, ld, L, D, scale);
                 double worst = 0;
                 for (std::ptrdiff_t i = 0; i < L; ++i)
                     for (std::ptrdiff_t t = 0; t < D; ++t)

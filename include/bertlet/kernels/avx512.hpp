@@ -508,31 +508,41 @@ BERTLET_TARGET_AVX512 inline void attn_pack_k(const float* k, std::ptrdiff_t ldk
     }
 }
 
+/// The inner loop of both attention matmuls: acc[i][j] = sum_{k < n} a_i[k] * B_j[k] (16 lanes), with a_i row i of
+/// A (row stride lda; rows past `rows` repeat the last one, their results are not stored) broadcast, and B_j[k] the
+/// 16 floats at b + j * bpanel + k * bstep.
+template <int MR, int NP>
+BERTLET_TARGET_AVX512 inline void attn_acc(const float* a0, std::ptrdiff_t lda, int rows, const float* b,
+                                           std::ptrdiff_t bpanel, std::ptrdiff_t bstep, std::ptrdiff_t n,
+                                           __m512 (&acc)[MR][NP]) {
+    const float* a[MR];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) a[i] = a0 + std::min(i, rows - 1) * lda;
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 2
+        for (int j = 0; j < NP; ++j) acc[i][j] = _mm512_setzero_ps();
+    const float* b1 = b + (NP > 1 ? bpanel : 0);
+    for (std::ptrdiff_t k = 0; k < n; ++k) {
+        const __m512 v0 = _mm512_loadu_ps(b + k * bstep);
+        const __m512 v1 = NP > 1 ? _mm512_loadu_ps(b1 + k * bstep) : v0;
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; ++i) {
+            const __m512 av = _mm512_set1_ps(a[i][k]);
+            acc[i][0] = _mm512_fmadd_ps(av, v0, acc[i][0]);
+            if (NP > 1) acc[i][NP - 1] = _mm512_fmadd_ps(av, v1, acc[i][NP - 1]);
+        }
+    }
+}
+
 /// s[i, 0 .. cols) = scale * sum_d q[i, d] kp-panels (NP panels from kp0), rows < `rows` stored; MR >= rows.
 /// Also folds the stored values into the running row maxima mx[i] (lanes past `cols` excluded).
 template <int MR, int NP>
 BERTLET_TARGET_AVX512 inline void attn_qk_tile(const float* q, std::ptrdiff_t ldq, int rows, const float* kp0,
                                                std::ptrdiff_t D, float scale, float* s, std::ptrdiff_t lds, int cols,
                                                __m512* mx) {
-    const float* a[MR];
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) a[i] = q + std::min(i, rows - 1) * ldq;
     __m512 acc[MR][NP];
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 2
-        for (int j = 0; j < NP; ++j) acc[i][j] = _mm512_setzero_ps();
-    const float* b1 = kp0 + (NP > 1 ? 16 * D : 0);
-    for (std::ptrdiff_t d = 0; d < D; ++d) {
-        const __m512 v0 = _mm512_loadu_ps(kp0 + d * 16);
-        const __m512 v1 = NP > 1 ? _mm512_loadu_ps(b1 + d * 16) : v0;
-#pragma GCC unroll 16
-        for (int i = 0; i < MR; ++i) {
-            const __m512 av = _mm512_set1_ps(a[i][d]);
-            acc[i][0] = _mm512_fmadd_ps(av, v0, acc[i][0]);
-            if (NP > 1) acc[i][NP - 1] = _mm512_fmadd_ps(av, v1, acc[i][NP - 1]);
-        }
-    }
+    attn_acc<MR, NP>(q, ldq, rows, kp0, 16 * D, 16, D, acc);
     const __m512 al = _mm512_set1_ps(scale);
 #pragma GCC unroll 2
     for (int j = 0; j < NP; ++j) {
@@ -554,24 +564,8 @@ template <int MR, int NP>
 BERTLET_TARGET_AVX512 inline void attn_pv_tile(const float* s, std::ptrdiff_t lds, int rows, const float* v,
                                                std::ptrdiff_t ldv, std::ptrdiff_t L, const float* inv, float* c,
                                                std::ptrdiff_t ldc) {
-    const float* a[MR];
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) a[i] = s + std::min(i, rows - 1) * lds;
     __m512 acc[MR][NP];
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 2
-        for (int j = 0; j < NP; ++j) acc[i][j] = _mm512_setzero_ps();
-    for (std::ptrdiff_t k = 0; k < L; ++k) {
-        const __m512 v0 = _mm512_loadu_ps(v + k * ldv);
-        const __m512 v1 = NP > 1 ? _mm512_loadu_ps(v + k * ldv + 16) : v0;
-#pragma GCC unroll 16
-        for (int i = 0; i < MR; ++i) {
-            const __m512 av = _mm512_set1_ps(a[i][k]);
-            acc[i][0] = _mm512_fmadd_ps(av, v0, acc[i][0]);
-            if (NP > 1) acc[i][NP - 1] = _mm512_fmadd_ps(av, v1, acc[i][NP - 1]);
-        }
-    }
+    attn_acc<MR, NP>(s, lds, rows, v, 16, ldv, L, acc);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
         if (i >= rows) break;

@@ -532,22 +532,23 @@ inline void gemm(const gemm_bf16_args& g, std::ptrdiff_t m0, std::ptrdiff_t m1, 
 // max folded into that store, softmax numerators exp(S - max) in fp32, written as bf16 P, ctx = P V (vdpbf16ps over
 // key pairs) divided by the fp32 row sum at the store.
 
+/// The inner loop of both attention matmuls: acc[i][j] = sum over k-pairs g < npairs of a_i[g] . B_j[g] (vdpbf16ps),
+/// a_i = dword row i of A (stride lda32; rows past `rows` repeat the last one, not stored), B_j[g] the 32 bf16 at
+/// b + j * bpanel + 32 g (BF16P16K2 panels).
 template <int MR, int NP>
-BERTLET_TARGET_BF16 inline void attn_qk_tile(const std::uint32_t* q16, std::ptrdiff_t ldq32, int rows,
-                                             const std::uint16_t* kp0, std::ptrdiff_t kpanel, std::ptrdiff_t npairs,
-                                             float scale, float* s, std::ptrdiff_t lds, int cols, __m512* mx) {
+BERTLET_TARGET_BF16 inline void attn_acc(const std::uint32_t* a0, std::ptrdiff_t lda32, int rows, const std::uint16_t* b,
+                                         std::ptrdiff_t bpanel, std::ptrdiff_t npairs, __m512 (&acc)[MR][NP]) {
     const std::uint32_t* a[MR];
 #pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) a[i] = q16 + std::min(i, rows - 1) * ldq32;
-    __m512 acc[MR][NP];
+    for (int i = 0; i < MR; ++i) a[i] = a0 + std::min(i, rows - 1) * lda32;
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 2
         for (int j = 0; j < NP; ++j) acc[i][j] = _mm512_setzero_ps();
-    const std::uint16_t* kp1 = kp0 + (NP > 1 ? kpanel : 0);
+    const std::uint16_t* b1 = b + (NP > 1 ? bpanel : 0);
     for (std::ptrdiff_t g = 0; g < npairs; ++g) {
-        const __m512bh w0 = reinterpret_cast<__m512bh>(_mm512_loadu_si512(kp0 + g * 32));
-        const __m512bh w1 = NP > 1 ? reinterpret_cast<__m512bh>(_mm512_loadu_si512(kp1 + g * 32)) : w0;
+        const __m512bh w0 = reinterpret_cast<__m512bh>(_mm512_loadu_si512(b + g * 32));
+        const __m512bh w1 = NP > 1 ? reinterpret_cast<__m512bh>(_mm512_loadu_si512(b1 + g * 32)) : w0;
 #pragma GCC unroll 16
         for (int i = 0; i < MR; ++i) {
             const __m512bh av = reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(a[i][g])));
@@ -555,6 +556,14 @@ BERTLET_TARGET_BF16 inline void attn_qk_tile(const std::uint32_t* q16, std::ptrd
             if (NP > 1) acc[i][NP - 1] = _mm512_dpbf16_ps(acc[i][NP - 1], av, w1);
         }
     }
+}
+
+template <int MR, int NP>
+BERTLET_TARGET_BF16 inline void attn_qk_tile(const std::uint32_t* q16, std::ptrdiff_t ldq32, int rows,
+                                             const std::uint16_t* kp0, std::ptrdiff_t kpanel, std::ptrdiff_t npairs,
+                                             float scale, float* s, std::ptrdiff_t lds, int cols, __m512* mx) {
+    __m512 acc[MR][NP];
+    attn_acc<MR, NP>(q16, ldq32, rows, kp0, kpanel, npairs, acc);
     const __m512 al = _mm512_set1_ps(scale);
 #pragma GCC unroll 2
     for (int j = 0; j < NP; ++j) {
@@ -574,25 +583,8 @@ template <int MR, int NP>
 BERTLET_TARGET_BF16 inline void attn_pv_tile(const std::uint32_t* p16, std::ptrdiff_t ldp32, int rows,
                                              const std::uint16_t* vp0, std::ptrdiff_t vpanel, std::ptrdiff_t npairs,
                                              const float* inv, float* c, std::ptrdiff_t ldc, int cols) {
-    const std::uint32_t* a[MR];
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) a[i] = p16 + std::min(i, rows - 1) * ldp32;
     __m512 acc[MR][NP];
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 2
-        for (int j = 0; j < NP; ++j) acc[i][j] = _mm512_setzero_ps();
-    const std::uint16_t* vp1 = vp0 + (NP > 1 ? vpanel : 0);
-    for (std::ptrdiff_t g = 0; g < npairs; ++g) {
-        const __m512bh w0 = reinterpret_cast<__m512bh>(_mm512_loadu_si512(vp0 + g * 32));
-        const __m512bh w1 = NP > 1 ? reinterpret_cast<__m512bh>(_mm512_loadu_si512(vp1 + g * 32)) : w0;
-#pragma GCC unroll 16
-        for (int i = 0; i < MR; ++i) {
-            const __m512bh av = reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(a[i][g])));
-            acc[i][0] = _mm512_dpbf16_ps(acc[i][0], av, w0);
-            if (NP > 1) acc[i][NP - 1] = _mm512_dpbf16_ps(acc[i][NP - 1], av, w1);
-        }
-    }
+    attn_acc<MR, NP>(p16, ldp32, rows, vp0, vpanel, npairs, acc);
 #pragma GCC unroll 2
     for (int j = 0; j < NP; ++j) {
         if (cols <= j * 16) break;
