@@ -65,6 +65,41 @@ FULL_GRID = dict(threads=[1, 2], seqs=[16, 64, 128, 256], batches=[1, 8, 32])
 QUICK_GRID = dict(threads=[1], seqs=[16, 128], batches=[1, 32])
 TARGET = dict(seq=128, batch=1, threads=1, fp32_ratio=0.7, int8_ratio=0.5, cold_ms=50.0, tok_ratio=3.0)
 
+
+
+def model_ops(seq: int, batch: int, cfg: dict) -> dict:
+    """Arithmetic of one forward pass (multiply-adds counted as 2 operations): the six linears of every layer, and
+    attention's two matmuls (Q K^T and P V, exact length, no padding). Embeddings, LayerNorm, softmax, GELU and
+    pooling are O(tokens x hidden) and left out, so the roofline below is a lower bound."""
+    L, H, I = cfg["num_hidden_layers"], cfg["hidden_size"], cfg["intermediate_size"]
+    T = seq * batch
+    return dict(linear=2.0 * T * L * (4 * H * H + 2 * H * I), attention=2.0 * 2 * batch * seq * seq * H * L)
+
+
+def roofline(peak: dict, cell: tuple[int, int], ort_ms: dict, bertlet_ms: dict, bf16_attention: bool) -> dict:
+    """Per precision: the least time this core's arithmetic peak allows for the cell's operations (fp32: all of them
+    at the FMA peak; int8: the linears at the vpdpbusd peak, attention at the bf16 (or fp32) peak), each system's
+    share of that peak, and the lowest bertlet/ORT ratio any implementation of the same operations could reach."""
+    cfg = json.loads((CKPT / "config.json").read_text())
+    ops = model_ops(cell[0], cell[1], cfg)
+    out = {}
+    fp = peak.get("fp32_gflops", -1)
+    if fp > 0:
+        out["fp32"] = dict(floor_ms=(ops["linear"] + ops["attention"]) / fp / 1e6, gflop=(ops["linear"] + ops["attention"]) / 1e9)
+    i8, b16 = peak.get("int8_gops", -1), peak.get("bf16_gflops", -1)
+    if i8 > 0 and fp > 0:
+        att_peak = b16 if bf16_attention and b16 > 0 else fp
+        out["int8"] = dict(floor_ms=ops["linear"] / i8 / 1e6 + ops["attention"] / att_peak / 1e6,
+                           gflop=(ops["linear"] + ops["attention"]) / 1e9)
+    for p, r in out.items():
+        o, b = ort_ms.get(p), bertlet_ms.get(p)
+        r["ort_ms"], r["bertlet_ms"] = o, b
+        r["best_ratio"] = r["floor_ms"] / o if o else None
+        r["bertlet_of_peak"] = r["floor_ms"] / b if b else None
+        r["ort_of_peak"] = r["floor_ms"] / o if o else None
+    return out
+
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -678,7 +713,7 @@ def target_rounds(args, prep, blobs: dict, budget: dict) -> dict:
     return out
 
 
-def targets(lat, cold, tok, int8_blob, systems, rounds=None) -> list[tuple[str, str, str]]:
+def targets(lat, cold, tok, int8_blob, systems, rounds=None, roof=None) -> list[tuple[str, str, str]]:
     T = TARGET
     idx = {(r["system"], r["precision"], r["threads_requested"], r["seq"], r["batch"]): r for r in lat}
     out = []
@@ -697,7 +732,8 @@ def targets(lat, cold, tok, int8_blob, systems, rounds=None) -> list[tuple[str, 
             out.append((name.replace(", median)", ", median of alternating rounds)"),
                         f"{mb:.3f} ms vs {mo:.3f} ms = {q:.3f}× ({len(per)} rounds; per-round ratio "
                         f"{min(per):.3f}–{max(per):.3f}×; grid cell below: "
-                        + (f"{a['median_ms'] / o['median_ms']:.2f}×)" if a and o else "—)"),
+                        + (f"{a['median_ms'] / o['median_ms']:.2f}×)" if a and o else "—)")
+                        + roof_note((roof or {}).get(p), mo),
                         "PASS" if q <= ratio else "FAIL"))
             continue
         if a and o:
@@ -725,6 +761,39 @@ def targets(lat, cold, tok, int8_blob, systems, rounds=None) -> list[tuple[str, 
     return out
 
 
+def roof_note(r, ort_ms) -> str:
+    if not r or not ort_ms:
+        return ""
+    return (f"; this core's arithmetic peak allows no less than {r['floor_ms']:.2f} ms = {r['floor_ms'] / ort_ms:.3f}× "
+            "ORT (see Roofline)")
+
+
+def roofline_lines(res: dict) -> list[str]:
+    pk, roof = res.get("peak"), res.get("roofline") or {}
+    if not pk:
+        return []
+    L = ["### Roofline (this CPU, target cell)", "",
+         f"CPU: {pk['vendor']} family {pk['family']:#x} model {pk['model']:#x} stepping {pk['stepping']} "
+         f"(**{pk['uarch']}**). Single-core peaks measured by `build/bench/bertlet-latency --peak` (12 independent "
+         f"register-only chains, best of 3): fp32 {pk['fp32_gflops']:.1f} GFLOP/s ({pk['fp32_form']}), int8 "
+         f"{pk['int8_gops']:.1f} GOP/s (vpdpbusd zmm), bf16 {pk['bf16_gflops']:.1f} GFLOP/s (vdpbf16ps zmm); "
+         "-1 = not available.", "",
+         f"Operations at seq {TARGET['seq']}, batch {TARGET['batch']} (multiply-add = 2; embeddings, LayerNorm, "
+         "softmax, GELU and pooling not counted, so every floor is a lower bound): fp32 floor = all at the fp32 "
+         "peak; int8 floor = the linears at the int8 peak + attention at the bf16 peak (bertlet's int8 attention "
+         "runs in bf16 on AVX512_BF16 CPUs).", "",
+         "| precision | G-op (MAC = 2) | floor at peak (ms) | bertlet (ms) | bertlet % of peak | ORT (ms) | ORT % of peak | "
+         "lowest possible bertlet/ORT |", "|---|---|---|---|---|---|---|---|"]
+    for p, r in roof.items():
+        f = lambda v, nd=2: "—" if v is None else f"{v:.{nd}f}"  # noqa: E731
+        pc = lambda v: "—" if v is None else f"{100 * v:.1f} %"  # noqa: E731
+        L.append(f"| {p} | {r['gflop']:.3f} | {r['floor_ms']:.2f} | {f(r['bertlet_ms'])} | {pc(r['bertlet_of_peak'])} | "
+                 f"{f(r['ort_ms'])} | {pc(r['ort_of_peak'])} | {f(r['best_ratio'], 3)}× |")
+    L += ["", "A ratio target below the last column cannot be met on this CPU by any implementation of the same "
+          "arithmetic (only by doing less of it).", ""]
+    return L
+
+
 def write_results(path: Path, res: dict):
     m, v, a = res["machine"], res["versions"], res["args"]
     L = [BEGIN_MARK, "", "## bertlet vs ONNX Runtime vs PyTorch (`bench/compare.py`)", "",
@@ -735,7 +804,8 @@ def write_results(path: Path, res: dict):
          f"{' / '.join(f'{x:.2f}' for x in res['loadavg']['end'])} ({m['cores']} cores; well above 0 means other "
          "work shared the CPU and the timings are noisy).", "",
          "### Machine and versions", "",
-         f"* CPU: {m['cpu']} — {m['cores']} logical cores ({m['affinity']} usable); bertlet ISA path: "
+         f"* CPU: {m['cpu']}" + (f" ({res['peak']['uarch']})" if res.get("peak") else "") +
+         f" — {m['cores']} logical cores ({m['affinity']} usable); bertlet ISA path: "
          f"**{m['isa']}**; Linux {m['kernel']}",
          f"* bertlet: git {m['git']}; {m['build_type']} build, flags `{m['bertlet_flags']}`, {m['compiler']}",
          f"* bertlet threads: {res['bertlet_threads_note']}",
@@ -776,7 +846,8 @@ def write_results(path: Path, res: dict):
           "(otherwise spinning OpenMP workers starve OpenBLAS's threads: 2-thread runs were 10-30x slower).", ""]
     L += ["### Targets (issue #3)", "", "| target | measured | result |", "|---|---|---|"]
     L += [f"| {n} | {val} | **{r}** |" for n, val, r in res["targets"]]
-    L += ["", "### Latency (ms, median per call)", "", f"Command: `{res['command']}`", ""]
+    L += [""] + roofline_lines(res)
+    L += ["### Latency (ms, median per call)", "", f"Command: `{res['command']}`", ""]
     L += latency_table(res["latency"], res["grid"])
     L += ["", "<details><summary>All latency statistics</summary>", ""] + detail_table(res["latency"]) + \
          ["", "</details>", ""]
@@ -839,6 +910,10 @@ def print_summary(res: dict):
                 f"{tok['hf']['sentences_per_s']:,.0f} sent/s = {tok['ratio']:.1f}x, ids identical: "
                 f"{tok['ids_identical']}"]
     out += ["", "Targets:"] + [f"  [{r}] {n}: {v}" for n, v, r in res["targets"]]
+    for p, r in (res.get("roofline") or {}).items():
+        out.append(f"  roofline {p}: {r['gflop']:.3f} GFLOP, floor {r['floor_ms']:.2f} ms at this core's peak; "
+                   f"bertlet {100 * (r['bertlet_of_peak'] or 0):.1f} % of peak, ORT {100 * (r['ort_of_peak'] or 0):.1f} %"
+                   f"; lowest possible bertlet/ORT {r['best_ratio'] or float('nan'):.3f}×")
     print("\n".join(out), flush=True)
 
 
@@ -932,13 +1007,16 @@ def main(argv=None):
     load_start = os.getloadavg()
 
     # bertlet facts (ISA, flags, thread wiring) and the shared input construction check
-    isa, flags, th_note = "?", "", "bertlet not run"
+    isa, flags, th_note, peak = "?", "", "bertlet not run", None
     if "bertlet" in systems:
         info = run_jsonl([str(lat_exe), "--model", str(BLOB), "--info"])[0]
         isa, flags = info["isa"], info["compile_flags"]
         th_note = ("intra-op threads wired via " + info["threads_wired"] if info["threads_wired"] != "none" else
                    "the library has no intra-op thread option yet: --threads is recorded but every bertlet run "
                    "uses 1 thread (bertlet rows at threads=2 are single-threaded)")
+        peak = run_jsonl([str(lat_exe), "--peak"])[0]
+        log(f"CPU {peak['uarch']}: peaks fp32 {peak['fp32_gflops']:.1f} GFLOP/s, int8 {peak['int8_gops']:.1f} GOP/s, "
+            f"bf16 {peak['bf16_gflops']:.1f} GFLOP/s")
         tok = load_tokenizer()
         assert info["sample_ids_16"] == sequence_of(tok, 16), "bertlet and Python build different input ids"
 
@@ -1018,7 +1096,19 @@ def main(argv=None):
     if args.target_rounds > 0 and {"bertlet", "ort"} <= set(systems):
         rounds = target_rounds(args, prep, {"fp32": BLOB, "int8": int8_blob}, budget)
     res["target_rounds"] = rounds
-    res["targets"] = targets(lat, cold, tok_res, int8_blob, systems, rounds)
+    res["peak"] = peak
+    if peak:
+        import statistics
+
+        T = TARGET
+        cell_ms = {(r["system"], r["precision"]): r["median_ms"] for r in lat
+                   if (r["threads_requested"], r["seq"], r["batch"]) == (T["threads"], T["seq"], T["batch"])}
+        med = lambda sysname, p: (statistics.median(rounds[p][sysname]) if rounds.get(p) and rounds[p][sysname]  # noqa: E731
+                                  else cell_ms.get((sysname, p)))
+        res["roofline"] = roofline(peak, (T["seq"], T["batch"]), {p: med("ort", p) for p in ("fp32", "int8")},
+                                   {p: med("bertlet", p) for p in ("fp32", "int8")},
+                                   bf16_attention=peak.get("bf16_gflops", -1) > 0)
+    res["targets"] = targets(lat, cold, tok_res, int8_blob, systems, rounds, res.get("roofline"))
     print_summary(res)
     if str(args.results) != "-":
         write_results(args.results, res)

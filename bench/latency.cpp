@@ -17,6 +17,8 @@
 #define BERTLET_BENCH_HAS_CPU 1
 #endif
 
+#include "peak.hpp"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -246,10 +248,34 @@ int tokenize_mode(const bertlet::embedder& m, const std::string& file, long pass
     return 0;
 }
 
+double nan_to_neg(double v) { return std::isnan(v) ? -1.0 : v; }
+
+/// --peak: one JSON line with the CPU's identity and its single-core arithmetic peaks (bench/peak.hpp); -1 where an
+/// instruction is missing. compare.py turns them into the roofline of each target cell.
+int peak_mode() {
+    const bertlet_bench::cpu_id id = bertlet_bench::identify_cpu();
+    bool a512 = false, a2 = false, vnni = false, bf16 = false;
+#ifdef BERTLET_BENCH_HAS_CPU
+    const auto& f = bertlet::cpu();
+    a512 = bertlet::active_isa() == bertlet::isa::avx512;
+    a2 = f.has_avx2_path();
+    vnni = f.has_avx512_path() && f.avx512_vnni;
+    bf16 = f.has_avx512_path() && f.avx512_bf16;
+#endif
+    const bertlet_bench::peaks p = bertlet_bench::measure_peaks(a512, a2, vnni, bf16);
+    std::cout << "{\"kind\":\"peak\",\"vendor\":" << json_str(id.vendor) << ",\"family\":" << id.family
+              << ",\"model\":" << id.model << ",\"stepping\":" << id.stepping << ",\"uarch\":" << json_str(id.uarch)
+              << ",\"isa\":" << json_str(isa_string()) << ",\"fp32_form\":" << json_str(p.fp32_form)
+              << ",\"fp32_gflops\":" << num(nan_to_neg(p.fp32 / 1e9)) << ",\"int8_gops\":" << num(nan_to_neg(p.int8 / 1e9))
+              << ",\"bf16_gflops\":" << num(nan_to_neg(p.bf16 / 1e9)) << "}" << std::endl;
+    return 0;
+}
+
 void usage() {
     std::cerr << "usage: bertlet-latency --model FILE [--seq 16,128] [--batch 1,32] [--threads N] [--min-iters N]\n"
                  "         [--max-iters N] [--min-time S] [--max-time S] [--warmup-iters N] [--warmup-time S]\n"
                  "         [--label NAME] [--info]\n"
+                 "       bertlet-latency --peak   (CPU id + single-core fp32 / int8 / bf16 peaks, for the roofline)\n"
                  "       bertlet-latency --model FILE --tokenize-file TSV [--passes N] [--dump-ids OUT]\n";
 }
 
@@ -286,6 +312,7 @@ int main(int argc, char** argv) {
             else if (a == "--passes") passes = std::stol(next());
             else if (a == "--dump-ids") dump = next();
             else if (a == "--info") info_only = true;
+            else if (a == "--peak") return peak_mode();
             else if (a == "--help" || a == "-h") {
                 usage();
                 return 0;
