@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # arm64 / NEON job (issue #3): cross-compile the unit-test binary with Debian's aarch64 cross compiler and run it under
 # qemu-user: the NEON kernel tests, the tiny-model encoder tests (naive double reference) and the real
-# all-MiniLM-L6-v2 fp32 blob against the Hugging Face goldens (tests/data/golden_stsb_small.jsonl) on the NEON path.
+# all-MiniLM-L6-v2 fp32 blob against the Hugging Face goldens (tests/data/golden_stsb_small.jsonl) on the NEON path,
+# and the int8 GEMMs: the DotProd (sdot) path bit-identical to the scalar reference (qemu-user emulates DotProd).
 # Needs scripts/setup.sh to have run (models/). Installs g++-aarch64-linux-gnu and qemu-user when missing.
 #   BERTLET_ARM64_FILTER  doctest -tc filter (default below)
 set -euo pipefail
@@ -20,7 +21,7 @@ echo "== cross-compiling the unit tests for aarch64 (NEON)"
 aarch64-linux-gnu-g++ -std=c++17 -O2 -Wall -Wextra -I include -I /usr/include/eigen3 -I /usr/include \
   -DBERTLET_TEST_DATA="\"$ROOT/tests/data\"" -DBERTLET_MODELS_DIR="\"$ROOT/models\"" \
   tests/doctest_main.cpp tests/unit/*.cpp -o "$OUT/bertlet_tests" -lpthread
-FILTER="${BERTLET_ARM64_FILTER:-kernels*,encoder*,all-MiniLM-L6-v2: loads*,all-MiniLM-L6-v2 int8*,f16*,bf16 (layout 3)*,tokenizer*}"
+FILTER="${BERTLET_ARM64_FILTER:-kernels*,encoder*,gemm_s8*,int8*,all-MiniLM-L6-v2: loads*,all-MiniLM-L6-v2 int8*,f16*,bf16 (layout 3)*,tokenizer*}"
 echo "== running under qemu-aarch64 (-tc='$FILTER')"
 qemu-aarch64 -L /usr/aarch64-linux-gnu "$OUT/bertlet_tests" -tc="$FILTER"
 echo "== arm64 tests passed"

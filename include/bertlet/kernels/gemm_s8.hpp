@@ -13,6 +13,7 @@
 // * VNNI paths (vpdpbusd is u8 x s8) feed qx + 128 as u8 and subtract 128 * row_sum[n] (row_sum = sum_k qw[n, k],
 //   stored with the packed weights); non-VNNI paths use vpmaddubsw(|qw|, sign(qw) * qx): every product is at most
 //   127 * 127, a pair at most 32258 < 32767, so the s16 saturation of vpmaddubsw can never trigger (exact).
+// * aarch64 with DotProd (neon_dot): sdot multiplies s8 by s8 into exact 32-bit sums (no +128 form).
 // * Epilogue (s8_epilogue, every path, same f32 operations in the same order):
 //     y = bias ? fma(float(acc), sx[m] * sw[n], bias[n]) : float(acc) * (sx[m] * sw[n]);
 //     if (residual) y = y + residual[m, n];
@@ -59,6 +60,15 @@
 #define BERTLET_S8_X86 1
 #define BERTLET_TARGET(s) __attribute__((target(s)))
 #endif
+#if defined(__aarch64__) && (defined(__GNUC__) || defined(__clang__))
+#include <arm_neon.h>
+#define BERTLET_S8_NEON 1
+#if defined(__clang__)
+#define BERTLET_S8_DOTPROD __attribute__((target("dotprod")))
+#else
+#define BERTLET_S8_DOTPROD __attribute__((target("arch=armv8.2-a+dotprod")))
+#endif
+#endif
 
 // GCC 12's AVX-512 intrinsics self-initialize their undefined operands (`__m512 __Y = __Y;`, GCC PR 105593), which
 // -Wmaybe-uninitialized reports once inlined here; it is not a real read.
@@ -96,9 +106,11 @@ struct packed_s8_buffer {
 };
 
 /// Kernel paths of gemm_s8 (finer than bertlet::isa: VNNI is an extra on top of avx2 / avx512).
-enum class s8_path { scalar = 0, avx2 = 1, avx_vnni = 2, avx512 = 3, avx512_vnni = 4 };
+/// neon_dot: aarch64 with the dot-product extension (ARMv8.2 DotProd: Graviton 2/3/4, Apple M, Neoverse N1+), sdot
+/// (s8 x s8, exact 32-bit sums); aarch64 CPUs without it use the scalar reference.
+enum class s8_path { scalar = 0, avx2 = 1, avx_vnni = 2, avx512 = 3, avx512_vnni = 4, neon_dot = 5 };
 inline constexpr s8_path all_s8_paths[] = {s8_path::scalar, s8_path::avx2, s8_path::avx_vnni, s8_path::avx512,
-                                           s8_path::avx512_vnni};
+                                           s8_path::avx512_vnni, s8_path::neon_dot};
 
 inline const char* s8_path_name(s8_path p) noexcept {
     switch (p) {
@@ -107,6 +119,7 @@ inline const char* s8_path_name(s8_path p) noexcept {
         case s8_path::avx_vnni: return "avx_vnni";
         case s8_path::avx512: return "avx512";
         case s8_path::avx512_vnni: return "avx512_vnni";
+        case s8_path::neon_dot: return "neon_dot";
     }
     return "?";
 }
@@ -119,8 +132,11 @@ inline bool s8_path_supported(s8_path p, const cpu_features& f = cpu()) noexcept
         case s8_path::avx_vnni: return f.has_avx2_path() && f.avx_vnni;
         case s8_path::avx512: return f.has_avx512_path();
         case s8_path::avx512_vnni: return f.has_avx512_path() && f.avx512_vnni;
+        case s8_path::neon_dot: return false;
     }
     return false;
+#elif defined(BERTLET_S8_NEON)
+    return p == s8_path::scalar || (p == s8_path::neon_dot && f.neon && f.dotprod);
 #else
     (void)f;
     return p == s8_path::scalar;
@@ -137,7 +153,8 @@ inline s8_path s8_path_for(isa a, const cpu_features& f = cpu()) noexcept {
         if (s8_path_supported(s8_path::avx_vnni, f)) return s8_path::avx_vnni;
         if (s8_path_supported(s8_path::avx2, f)) return s8_path::avx2;
     }
-    return s8_path::scalar;  // TODO(neon): sdot path for Graviton
+    if (a == isa::neon && s8_path_supported(s8_path::neon_dot, f)) return s8_path::neon_dot;
+    return s8_path::scalar;
 }
 
 inline s8_path active_s8_path() {
@@ -325,7 +342,7 @@ inline float s8_act_scalar(float v, activation a) noexcept {
     if (a == activation::gelu_tanh) {
         const float v3 = (v * v) * v;
         const float u = 0.79788456080286536f * std::fma(0.044715f, v3, v);
-        const float e = s8_exp_scalar(-2.0f * u);
+        const float e = s8_no_contract(s8_exp_scalar(-2.0f * u));  // y * ef, then 1 + e: never one FMA
         return v / (1.0f + e);
     }
     return v;
@@ -896,6 +913,195 @@ using s8_fam_avx512_vnni = s8_fam_avx512_vnni_t<8, 3>;
 
 #endif  // BERTLET_S8_X86
 
+#if defined(BERTLET_S8_NEON)
+// ---- aarch64 DotProd (neon_dot) ----
+// Micro-kernel: 4 rows x one 16-column panel = 16 int32x4 accumulators. Per 4 k-groups (16 k): each row's 16
+// activation bytes are one load, and `sdot acc, w, x.4b[u]` (by element) multiplies group u of the row with the 4
+// columns x 4 k of one weight vector, so the S8P16K4 panel (64 bytes per k-group = 4 vectors) is read as it is.
+// s8 x s8 products are exact, so the sums equal the scalar reference; the epilogue repeats its float operations
+// (fma, mul, add, the same erf / exp; IEEE division) lane by lane, with a register barrier wherever a multiply feeds
+// an add (GCC's arm_neon.h writes vmulq / vaddq as plain vector arithmetic, which -ffp-contract=fast may fuse):
+// outputs are bit-identical to every other path.
+
+BERTLET_S8_DOTPROD inline float32x4_t s8n_keep(float32x4_t v) {
+    __asm__("" : "+w"(v));
+    return v;
+}
+BERTLET_S8_DOTPROD inline float32x4_t s8n_min(float32x4_t a, float32x4_t b) {  // s8_min: a < b ? a : b
+    return vbslq_f32(vcltq_f32(a, b), a, b);
+}
+BERTLET_S8_DOTPROD inline float32x4_t s8n_max(float32x4_t a, float32x4_t b) {  // s8_max: a > b ? a : b
+    return vbslq_f32(vcgtq_f32(a, b), a, b);
+}
+
+BERTLET_S8_DOTPROD inline float32x4_t s8n_erf(float32x4_t x) {  // s8_erf_scalar
+    x = s8n_max(s8n_min(x, vdupq_n_f32(4.0f)), vdupq_n_f32(-4.0f));
+    const float32x4_t x2 = vmulq_f32(x, x);
+    float32x4_t p = vdupq_n_f32(-2.72614225801306e-10f);
+    p = vfmaq_f32(vdupq_n_f32(2.77068142495902e-08f), x2, p);
+    p = vfmaq_f32(vdupq_n_f32(-2.10102402082508e-06f), x2, p);
+    p = vfmaq_f32(vdupq_n_f32(-5.69250639462346e-05f), x2, p);
+    p = vfmaq_f32(vdupq_n_f32(-7.34990630326855e-04f), x2, p);
+    p = vfmaq_f32(vdupq_n_f32(-2.95459980854025e-03f), x2, p);
+    p = vfmaq_f32(vdupq_n_f32(-1.60960333262415e-02f), x2, p);
+    p = vmulq_f32(x, p);
+    float32x4_t q = vdupq_n_f32(-1.45660718464996e-05f);
+    q = vfmaq_f32(vdupq_n_f32(-2.13374055278905e-04f), x2, q);
+    q = vfmaq_f32(vdupq_n_f32(-1.68282697438203e-03f), x2, q);
+    q = vfmaq_f32(vdupq_n_f32(-7.37332916720468e-03f), x2, q);
+    q = vfmaq_f32(vdupq_n_f32(-1.42647390514189e-02f), x2, q);
+    return vdivq_f32(p, q);
+}
+
+BERTLET_S8_DOTPROD inline float32x4_t s8n_exp(float32x4_t x) {  // s8_exp_scalar
+    x = s8n_max(s8n_min(x, vdupq_n_f32(88.0f)), vdupq_n_f32(-87.3365447505531f));
+    const float32x4_t fx = vrndnq_f32(vmulq_f32(x, vdupq_n_f32(1.44269504088896341f)));
+    const float32x4_t nfx = vnegq_f32(fx);
+    float32x4_t r = vfmaq_f32(x, nfx, vdupq_n_f32(0.693359375f));
+    r = vfmaq_f32(r, nfx, vdupq_n_f32(-2.12194440e-4f));
+    float32x4_t p = vdupq_n_f32(1.9875691500e-4f);
+    p = vfmaq_f32(vdupq_n_f32(1.3981999507e-3f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(8.3334519073e-3f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(4.1665795894e-2f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(1.6666665459e-1f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(5.0000001201e-1f), p, r);
+    const float32x4_t y = vfmaq_f32(vaddq_f32(r, vdupq_n_f32(1.0f)), p, vmulq_f32(r, r));
+    const int32x4_t e = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(fx), vdupq_n_s32(127)), 23);
+    return vmulq_f32(y, vreinterpretq_f32_s32(e));
+}
+
+BERTLET_S8_DOTPROD inline float32x4_t s8n_act(float32x4_t v, activation a) {  // s8_act_scalar
+    if (a == activation::gelu_erf) {
+        const float32x4_t e = s8n_erf(vmulq_f32(v, vdupq_n_f32(0.70710678118654752f)));
+        return vmulq_f32(vmulq_f32(vdupq_n_f32(0.5f), v), vaddq_f32(vdupq_n_f32(1.0f), e));
+    }
+    if (a == activation::gelu_tanh) {
+        const float32x4_t v3 = vmulq_f32(vmulq_f32(v, v), v);
+        const float32x4_t u =
+            vmulq_f32(vdupq_n_f32(0.79788456080286536f), vfmaq_f32(v, vdupq_n_f32(0.044715f), v3));
+        const float32x4_t e = s8n_keep(s8n_exp(vmulq_f32(vdupq_n_f32(-2.0f), u)));
+        return vdivq_f32(v, vaddq_f32(vdupq_n_f32(1.0f), e));
+    }
+    return v;
+}
+
+/// s8_quantize_rows_scalar (s8 form) with NEON: the same max, scale, products, rounding (vrndnq = nearbyint in the
+/// default mode) and clamp. NaN inputs are skipped by the max as std::max skips them (vmaxnm).
+template <bool SMOOTH>
+BERTLET_S8_DOTPROD void s8_quantize_rows_neon(const float* X, std::size_t ldx, const float* cs, std::size_t K,
+                                               std::uint8_t* q, std::size_t ldq, float* sx, std::size_t m0,
+                                               std::size_t m1) {
+    const std::size_t K4 = K & ~std::size_t{3};
+    for (std::size_t m = m0; m < m1; ++m) {
+        const float* x = X + m * ldx;
+        std::uint8_t* qr = q + m * ldq;
+        float32x4_t mx = vdupq_n_f32(0.0f);
+        std::size_t i = 0;
+        for (; i < K4; i += 4) {
+            const float32x4_t v = SMOOTH ? vmulq_f32(vld1q_f32(x + i), vld1q_f32(cs + i)) : vld1q_f32(x + i);
+            mx = vmaxnmq_f32(mx, vabsq_f32(v));
+        }
+        float amax = vmaxnmvq_f32(mx);
+        for (; i < K; ++i) amax = std::max(amax, std::fabs(SMOOTH ? x[i] * cs[i] : x[i]));
+        const float inv = amax > 0.f ? 127.f / amax : 0.f;
+        sx[m] = amax / 127.f;
+        const float32x4_t iv = vdupq_n_f32(inv), lo = vdupq_n_f32(-127.f), hi = vdupq_n_f32(127.f);
+        for (i = 0; i < K4; i += 4) {
+            const float32x4_t v = SMOOTH ? vmulq_f32(vld1q_f32(x + i), vld1q_f32(cs + i)) : vld1q_f32(x + i);
+            float32x4_t r = vrndnq_f32(vmulq_f32(v, iv));
+            r = s8n_min(hi, s8n_max(r, lo));  // std::min(127, std::max(-127, r))
+            const int16x4_t h = vmovn_s32(vcvtq_s32_f32(r));
+            const int8x8_t b = vmovn_s16(vcombine_s16(h, h));
+            std::int32_t w = vget_lane_s32(vreinterpret_s32_s8(b), 0);
+            std::memcpy(qr + i, &w, 4);
+        }
+        for (; i < K; ++i) {
+            float v = std::nearbyint((SMOOTH ? x[i] * cs[i] : x[i]) * inv);
+            v = std::min(127.f, std::max(-127.f, v));
+            qr[i] = static_cast<std::uint8_t>(static_cast<std::int8_t>(v));
+        }
+        for (i = K; i < ldq; ++i) qr[i] = 0;
+    }
+}
+
+template <int U, int R>
+BERTLET_S8_DOTPROD __attribute__((always_inline)) inline void s8n_group(int32x4_t (&acc)[R][4], const std::int8_t* w,
+                                                                      const int8x16_t (&xv)[R]) {
+    const int8x16_t w0 = vld1q_s8(w), w1 = vld1q_s8(w + 16), w2 = vld1q_s8(w + 32), w3 = vld1q_s8(w + 48);
+    for (int i = 0; i < R; ++i) {
+        acc[i][0] = vdotq_laneq_s32(acc[i][0], w0, xv[i], U);
+        acc[i][1] = vdotq_laneq_s32(acc[i][1], w1, xv[i], U);
+        acc[i][2] = vdotq_laneq_s32(acc[i][2], w2, xv[i], U);
+        acc[i][3] = vdotq_laneq_s32(acc[i][3], w3, xv[i], U);
+    }
+}
+
+template <int R, int NR, bool RAW>
+BERTLET_S8_DOTPROD void s8_kernel_neon_dot(const s8_job& a, std::size_t m0, std::size_t p0) {
+    static_assert(NR == 1, "neon_dot works one 16-column panel at a time");
+    const std::size_t kp = a.w->k_padded;
+    const std::int8_t* wp = a.w->data + p0 * 16 * kp;
+    const std::int8_t* x[R];
+    int32x4_t acc[R][4];
+    for (int i = 0; i < R; ++i) {
+        x[i] = reinterpret_cast<const std::int8_t*>(a.xq + (m0 + i) * a.ldq);
+        for (int c = 0; c < 4; ++c) acc[i][c] = vdupq_n_s32(0);
+    }
+    std::size_t g = 0;
+    for (; g + 4 <= a.groups; g += 4) {  // 16 k: one 16-byte load per row, four weight groups
+        int8x16_t xv[R];
+        for (int i = 0; i < R; ++i) xv[i] = vld1q_s8(x[i] + 4 * g);
+        const std::int8_t* w = wp + 64 * g;
+        s8n_group<0, R>(acc, w, xv);
+        s8n_group<1, R>(acc, w + 64, xv);
+        s8n_group<2, R>(acc, w + 128, xv);
+        s8n_group<3, R>(acc, w + 192, xv);
+    }
+    for (; g < a.groups; ++g) {  // 1..3 tail groups: 4 bytes per row in lane 0
+        int8x16_t xv[R];
+        for (int i = 0; i < R; ++i) xv[i] = vreinterpretq_s8_s32(vdupq_n_s32(s8_load32(x[i] + 4 * g)));
+        s8n_group<0, R>(acc, wp + 64 * g, xv);
+    }
+    const std::size_t nbase = p0 * 16;
+    for (int c = 0; c < 4; ++c) {
+        const std::size_t n0 = nbase + 4 * static_cast<std::size_t>(c);
+        if (n0 >= a.N) break;
+        const bool full = n0 + 4 <= a.N;
+        const float32x4_t ws = vld1q_f32(a.w->scales + n0);  // scales are padded to a multiple of 16
+        const float32x4_t bv = a.bias && full ? vld1q_f32(a.bias + n0) : vdupq_n_f32(0.0f);
+        for (int i = 0; i < R; ++i) {
+            const std::size_t m = m0 + static_cast<std::size_t>(i);
+            if (RAW || !full) {  // the integer sums, or a partial column block through the scalar epilogue
+                alignas(16) std::int32_t v[4];
+                vst1q_s32(v, acc[i][c]);
+                for (std::size_t j = 0; j < 4 && n0 + j < a.N; ++j) {
+                    const std::size_t n = n0 + j;
+                    if (RAW)
+                        a.C[m * a.ldc + n] = v[j];
+                    else
+                        a.Y[m * a.ldy + n] =
+                            s8_finish_scalar(v[j], a.sx[m], a.w->scales[n], a.bias ? a.bias + n : nullptr,
+                                             a.res ? a.res + m * a.ldr + n : nullptr, a.act);
+                }
+                continue;
+            }
+            const float32x4_t s = vmulq_f32(vdupq_n_f32(a.sx[m]), ws);
+            const float32x4_t yf = vcvtq_f32_s32(acc[i][c]);
+            float32x4_t y = a.bias ? vfmaq_f32(bv, yf, s) : s8n_keep(vmulq_f32(yf, s));
+            if (a.res) y = vaddq_f32(y, vld1q_f32(a.res + m * a.ldr + n0));
+            if (a.act != activation::none) y = s8n_act(y, a.act);
+            vst1q_f32(a.Y + m * a.ldy + n0, y);
+        }
+    }
+}
+
+struct s8_fam_neon_dot {
+    static constexpr int MR = 4, NR = 1;
+    template <int R, int P, bool RAW>
+    static void kern(const s8_job& a, std::size_t m, std::size_t p) { s8_kernel_neon_dot<R, P, RAW>(a, m, p); }
+};
+#endif  // BERTLET_S8_NEON
+
 /// Panels per micro-kernel of a path (parallel splits keep these blocks whole).
 inline std::size_t s8_path_panel_block(s8_path p) noexcept {
     switch (p) {
@@ -904,6 +1110,9 @@ inline std::size_t s8_path_panel_block(s8_path p) noexcept {
         case s8_path::avx_vnni: return s8_fam_avx_vnni::NR;
         case s8_path::avx512: return s8_fam_avx512::NR;
         case s8_path::avx512_vnni: return s8_fam_avx512_vnni::NR;
+#endif
+#if defined(BERTLET_S8_NEON)
+        case s8_path::neon_dot: return s8_fam_neon_dot::NR;
 #endif
         default: return 1;
     }
@@ -926,6 +1135,12 @@ inline void s8_quantize_rows(s8_path p, const float* X, std::size_t ldx, const f
             else s8_quantize_rows_avx512<false>(X, ldx, cs, K, q, ldq, sx, m0, m1, u8);
             return;
 #endif
+#if defined(BERTLET_S8_NEON)
+        case s8_path::neon_dot:
+            if (cs) s8_quantize_rows_neon<true>(X, ldx, cs, K, q, ldq, sx, m0, m1);
+            else s8_quantize_rows_neon<false>(X, ldx, cs, K, q, ldq, sx, m0, m1);
+            return;
+#endif
         default: s8_quantize_rows_scalar(X, ldx, cs, K, q, ldq, sx, m0, m1, u8); return;
     }
 }
@@ -945,6 +1160,9 @@ inline void s8_run(s8_path p, const s8_job& a, std::size_t m0, std::size_t m1, s
         case s8_path::avx_vnni: s8_drive<s8_fam_avx_vnni, RAW>(a, m0, m1, p0, p1); return;
         case s8_path::avx512: s8_drive<s8_fam_avx512, RAW>(a, m0, m1, p0, p1); return;
         case s8_path::avx512_vnni: s8_drive<s8_fam_avx512_vnni, RAW>(a, m0, m1, p0, p1); return;
+#endif
+#if defined(BERTLET_S8_NEON)
+        case s8_path::neon_dot: s8_drive<s8_fam_neon_dot, RAW>(a, m0, m1, p0, p1); return;
 #endif
         default: s8_kernel_scalar<RAW>(a, m0, m1, p0, p1); return;
     }
