@@ -146,6 +146,28 @@ BERTLET_TARGET_AVX2 inline __m256 act_ps(__m256 v, activation a) {
     return v;
 }
 
+/// 8x8 transpose of r[0..7] in place.
+BERTLET_TARGET_AVX2 inline void transpose8(__m256 r[8]) {
+    __m256 t[8], u[8];
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+#pragma GCC unroll 2
+    for (int i = 0; i < 2; ++i) {
+        u[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) {
+        r[i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x20);
+        r[4 + i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x31);
+    }
+}
+
 template <int MR>
 BERTLET_TARGET_AVX2 void tile_mr(const tile_args& t) {
     __m256 acc[MR][2];
@@ -188,7 +210,36 @@ BERTLET_TARGET_AVX2 void tile_mr(const tile_args& t) {
     }
 }
 
+/// pack_a_panel<6> with 8x8 register transposes for full panels: for each k, the 6 rows' values are the first 6
+/// lanes of one transposed vector, stored as 4 + 2 floats at ap + 6 k (vmaskmovps stores are slow on AMD cores).
+BERTLET_TARGET_AVX2 inline void pack_a6(const float* src, std::ptrdiff_t lda, std::ptrdiff_t kc, int rows, int mr,
+                                        float* ap) {
+    if (rows != 6 || mr != 6) {
+        pack_a_panel<6>(src, lda, kc, rows, mr, ap);
+        return;
+    }
+    std::ptrdiff_t k = 0;
+    for (; k + 8 <= kc; k += 8) {
+        __m256 r[8];
+#pragma GCC unroll 6
+        for (int i = 0; i < 6; ++i) r[i] = _mm256_loadu_ps(src + i * lda + k);
+        r[6] = r[7] = _mm256_setzero_ps();
+        transpose8(r);
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; ++j) {
+            float* o = ap + (k + j) * 6;
+            _mm_storeu_ps(o, _mm256_castps256_ps128(r[j]));
+            _mm_storel_pi(reinterpret_cast<__m64*>(o + 4), _mm256_extractf128_ps(r[j], 1));
+        }
+    }
+    for (; k < kc; ++k)
+        for (int i = 0; i < 6; ++i) ap[k * 6 + i] = src[i * lda + k];
+}
+
 struct traits {
+    static void pack(const float* src, std::ptrdiff_t lda, std::ptrdiff_t kc, int rows, int mr, float* ap) {
+        pack_a6(src, lda, kc, rows, mr, ap);
+    }
     static constexpr int MR = 6;
     static constexpr int MR_STEP = 2;
     static constexpr int NP = 1;
@@ -355,6 +406,132 @@ BERTLET_TARGET_AVX2 inline void cvt_f16(float* out, const std::uint16_t* in, std
     for (; i + 8 <= n; i += 8)
         _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i))));
     for (; i < n; ++i) out[i] = f16_to_f32(in[i]);  // exact either way
+}
+
+// ---- fused attention (one sequence x one head), as avx512::attention_head with ymm pairs -----------------------
+// ctx[L, D] = softmax(scale * Q K^T) V for one head, D % 16 == 0. K_h is transposed once into 16-key panels; per
+// tile of up to 6 query rows: S = scale * Q K^T with Q broadcast from its rows (no packing), the row max kept while
+// storing, softmax numerators in place (in L1), ctx = S V with V's rows read in place, divided by the row sum at the
+// store. 6 rows x 16 columns = 12 ymm accumulators (+ 2 B, 1 broadcast: 15 of 16 registers).
+
+/// kp[(p * D + d) * 16 + j] = k[(16 p + j) * ldk + d] (keys past L read as 0). (8x8 register transposes measured
+/// no faster here: ~1 % of the forward either way.)
+BERTLET_TARGET_AVX2 inline void attn_pack_k(const float* k, std::ptrdiff_t ldk, std::ptrdiff_t L, std::ptrdiff_t D,
+                                            float* kp) {
+    for (std::ptrdiff_t p = 0; p * 16 < L; ++p) {
+        const std::ptrdiff_t nk = std::min<std::ptrdiff_t>(16, L - p * 16);
+        float* out = kp + p * D * 16;
+        for (std::ptrdiff_t j = 0; j < 16; ++j) {
+            if (j < nk) {
+                const float* src = k + (p * 16 + j) * ldk;
+                for (std::ptrdiff_t d = 0; d < D; ++d) out[d * 16 + j] = src[d];
+            } else {
+                for (std::ptrdiff_t d = 0; d < D; ++d) out[d * 16 + j] = 0.0f;
+            }
+        }
+    }
+}
+
+/// acc[i][h] = sum_{k < n} a_i[k] * B[k][8h .. 8h+8), a_i = row i of A (stride lda; rows past `rows` repeat the last
+/// one, not stored), B[k] the 16 floats at b + k * bstep.
+template <int MR>
+BERTLET_TARGET_AVX2 inline void attn_acc(const float* a0, std::ptrdiff_t lda, int rows, const float* b,
+                                         std::ptrdiff_t bstep, std::ptrdiff_t n, __m256 (&out)[MR][2]) {
+    // local accumulators, copied out once: accumulating into the caller's array made GCC 12 store all 12 of them
+    // to the stack on every k (measured: the whole attention ~3x slower)
+    const float* a[MR];
+    __m256 acc[MR][2];
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+        a[i] = a0 + std::min(i, rows - 1) * lda;
+        acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    }
+    for (std::ptrdiff_t k = 0; k < n; ++k) {
+        const __m256 v0 = _mm256_loadu_ps(b + k * bstep);
+        const __m256 v1 = _mm256_loadu_ps(b + k * bstep + 8);
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; ++i) {
+            const __m256 av = _mm256_broadcast_ss(a[i] + k);
+            acc[i][0] = _mm256_fmadd_ps(av, v0, acc[i][0]);
+            acc[i][1] = _mm256_fmadd_ps(av, v1, acc[i][1]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+        out[i][0] = acc[i][0];
+        out[i][1] = acc[i][1];
+    }
+}
+
+template <int MR>
+BERTLET_TARGET_AVX2 inline void attn_rows(const float* q, std::ptrdiff_t ldq, const float* v, std::ptrdiff_t ldv,
+                                          int rows, const float* kp, std::ptrdiff_t L, std::ptrdiff_t D, float scale,
+                                          float* s, std::ptrdiff_t lds, float* c, std::ptrdiff_t ldc) {
+    const __m256 ninf = _mm256_set1_ps(-INFINITY), al = _mm256_set1_ps(scale);
+    __m256 mx[MR];
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) mx[i] = ninf;
+    for (std::ptrdiff_t p = 0; p * 16 < L; ++p) {  // S = scale * Q K^T, 16 keys at a time
+        __m256 acc[MR][2];
+        attn_acc<MR>(q, ldq, rows, kp + p * 16 * D, 16, D, acc);
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; ++h) {
+            const std::ptrdiff_t w = L - p * 16 - h * 8;  // valid keys in this half
+            if (w <= 0) break;
+            const __m256 m = _mm256_castsi256_ps(lane_mask(w));
+#pragma GCC unroll 8
+            for (int i = 0; i < MR; ++i) {
+                if (i >= rows) break;
+                const __m256 y = _mm256_mul_ps(acc[i][h], al);
+                store_n(s + i * lds + p * 16 + h * 8, y, w);
+                mx[i] = _mm256_max_ps(mx[i], _mm256_blendv_ps(ninf, y, m));
+            }
+        }
+    }
+    float inv[MR];
+    for (int i = 0; i < rows; ++i) {  // softmax numerators in place; 1 / row sum applied in the P V store
+        float* xr = s + i * lds;
+        const __m256 mv = _mm256_set1_ps(hmax(mx[i]));
+        __m256 sum = _mm256_setzero_ps();
+        for (std::ptrdiff_t c0 = 0; c0 < L; c0 += 8) {
+            const __m256 m = _mm256_castsi256_ps(lane_mask(L - c0));
+            const __m256 e = _mm256_and_ps(m, exp_ps(_mm256_sub_ps(load_n(xr + c0, L - c0), mv)));
+            sum = _mm256_add_ps(sum, e);
+            store_n(xr + c0, e, L - c0);
+        }
+        inv[i] = 1.0f / hsum(sum);
+    }
+    for (std::ptrdiff_t d0 = 0; d0 < D; d0 += 16) {  // ctx = S V, 16 output dims at a time
+        __m256 acc[MR][2];
+        attn_acc<MR>(s, lds, rows, v + d0, ldv, L, acc);
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; ++i) {
+            if (i >= rows) break;
+            const __m256 iv = _mm256_set1_ps(inv[i]);
+            _mm256_storeu_ps(c + i * ldc + d0, _mm256_mul_ps(acc[i][0], iv));
+            _mm256_storeu_ps(c + i * ldc + d0 + 8, _mm256_mul_ps(acc[i][1], iv));
+        }
+    }
+}
+
+/// One head of one sequence: ctx = softmax(scale * q k^T) v; q, k, v are [L, D] with row stride ld, ctx has row
+/// stride ldc. D % 16 == 0; scratch holds attention_scratch_floats(L, D) floats (packed.hpp).
+BERTLET_TARGET_AVX2 inline void attention_head(const float* q, const float* k, const float* v, std::ptrdiff_t ld,
+                                               float* ctx, std::ptrdiff_t ldc, std::ptrdiff_t L, std::ptrdiff_t D,
+                                               float scale, float* scratch) {
+    if (L <= 0) return;
+    float* kp = scratch;
+    const std::ptrdiff_t lds = (L + 15) / 16 * 16;
+    float* s = kp + lds * D;
+    attn_pack_k(k, ld, L, D, kp);
+    for (std::ptrdiff_t q0 = 0; q0 < L; q0 += 6) {
+        const int rows = static_cast<int>(std::min<std::ptrdiff_t>(6, L - q0));
+        const float* qr = q + q0 * ld;
+        float* cr = ctx + q0 * ldc;
+        if (rows > 4) attn_rows<6>(qr, ld, v, ld, rows, kp, L, D, scale, s, lds, cr, ldc);
+        else if (rows > 2) attn_rows<4>(qr, ld, v, ld, rows, kp, L, D, scale, s, lds, cr, ldc);
+        else attn_rows<2>(qr, ld, v, ld, rows, kp, L, D, scale, s, lds, cr, ldc);
+    }
 }
 
 }  // namespace bertlet::detail::avx2

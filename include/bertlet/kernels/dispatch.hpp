@@ -71,7 +71,7 @@ inline const kernel_table& kernels_for(isa a) {
 #if defined(BERTLET_HAVE_AVX2_PATH)
         case isa::avx2: {
             static const kernel_table t{isa::avx2, avx2::gemm, avx2::layernorm, avx2::softmax, avx2::activate,
-                                        avx2::add3, avx2::cvt_f16};
+                                        avx2::add3, avx2::cvt_f16, avx2::attention_head};
             return t;
         }
 #endif
