@@ -529,8 +529,8 @@ inline void gemm(const gemm_bf16_args& g, std::ptrdiff_t m0, std::ptrdiff_t m1, 
 // ---- fused attention (one sequence x one head), bf16 operands, fp32 accumulation and softmax ------------------
 // K_h is packed once into BF16P16K2 key panels (pack_nk), V_h into BF16P16K2 as the B of P V (pack_kn) and Q_h is
 // rounded to bf16 rows; then per tile of up to 12 query rows: S = scale * Q K^T (vdpbf16ps, k-pairs of D), the row
-// max folded into that store, softmax numerators exp(S - max) in fp32, written as bf16 P, ctx = P V (vdpbf16ps over
-// key pairs) divided by the fp32 row sum at the store.
+// max folded into that store (S in log2 units), softmax numerators 2^(S - max) in fp32 (exp2_softmax), written as
+// bf16 P, ctx = P V (vdpbf16ps over key pairs) divided by the fp32 row sum at the store.
 
 /// The inner loop of both attention matmuls: acc[i][j] = sum over k-pairs g < npairs of a_i[g] . B_j[g] (vdpbf16ps),
 /// a_i = dword row i of A (stride lda32; rows past `rows` repeat the last one, not stored), B_j[g] the 32 bf16 at
@@ -597,12 +597,27 @@ BERTLET_TARGET_BF16 inline void attn_pv_tile(const std::uint32_t* p16, std::ptrd
     }
 }
 
+/// 2^x for the softmax numerators of bf16 attention (x = log2-scaled score minus the row max, so x <= 0): n =
+/// round(x), r = x - n exactly, 2^r by its degree-4 Taylor polynomial (relative error < 6e-5 on |r| <= 1/2, against
+/// the 2^-9 rounding of the bf16 P that follows), times 2^n by vscalefps. 7 instructions instead of exp_ps's 12 (the
+/// log2 e factor is folded into the score scale). x below -126 gives 0 (clamped first: -inf would make r NaN).
+BERTLET_TARGET_BF16 inline __m512 exp2_softmax(__m512 x) {
+    x = _mm512_mask_max_ps(x, 0xFFFF, x, _mm512_set1_ps(-127.0f));
+    const __m512 n = _mm512_mask_roundscale_ps(x, 0xFFFF, x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 r = _mm512_sub_ps(x, n);
+    __m512 p = _mm512_set1_ps(0.0096181291f);  // ln2^4 / 24
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.0555041087f));  // ln2^3 / 6
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.2402265070f));  // ln2^2 / 2
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.6931471806f));  // ln2
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_mask_scalef_ps(p, 0xFFFF, p, n);
+}
+
 template <int MR>
 BERTLET_TARGET_BF16 inline void attn_rows(const std::uint32_t* q16, std::ptrdiff_t ldq32, int rows,
                                           const std::uint16_t* kp, const std::uint16_t* vp, std::ptrdiff_t L,
                                           std::ptrdiff_t D, float scale, float* s, std::ptrdiff_t lds,
                                           std::uint16_t* p16, std::ptrdiff_t ldp, float* c, std::ptrdiff_t ldc) {
-    using avx512::exp_ps;
     const std::ptrdiff_t np = (L + 15) / 16, dpairs = bf16_pad_k(D) / 2, lp = bf16_pad_k(L);
     const std::ptrdiff_t kpanel = 16 * bf16_pad_k(D), vpanel = 16 * lp;
     __m512 mx[MR];
@@ -629,9 +644,10 @@ BERTLET_TARGET_BF16 inline void attn_rows(const std::uint32_t* q16, std::ptrdiff
             for (int j = 0; j < 4; ++j) {
                 if (i0 + j >= rows) break;
                 const float* xr = s + (i0 + j) * lds + c0;
-                const __m512 e0 = _mm512_maskz_mov_ps(m0, exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m0, xr), mv[j])));
+                const __m512 e0 =
+                    _mm512_maskz_mov_ps(m0, exp2_softmax(_mm512_sub_ps(_mm512_maskz_loadu_ps(m0, xr), mv[j])));
                 const __m512 e1 =
-                    _mm512_maskz_mov_ps(m1, exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m1, xr + 16), mv[j])));
+                    _mm512_maskz_mov_ps(m1, exp2_softmax(_mm512_sub_ps(_mm512_maskz_loadu_ps(m1, xr + 16), mv[j])));
                 sum[j] = _mm512_add_ps(sum[j], _mm512_add_ps(e0, e1));
                 _mm512_mask_storeu_epi16(p16 + (i0 + j) * ldp + c0, mask32(lp - c0), cvt32(e0, e1));
             }
@@ -675,13 +691,14 @@ BERTLET_TARGET_BF16 inline void attention_head(const float* q, const float* k, c
         if (dp > D) q16[i * dp + D] = 0;
     }
     const auto* q32 = reinterpret_cast<const std::uint32_t*>(q16);
+    const float scale2 = scale * 1.44269504088896341f;  // scores in log2 units: softmax numerators are 2^(s - max)
     for (std::ptrdiff_t q0 = 0; q0 < L; q0 += 12) {
         const int rows = static_cast<int>(std::min<std::ptrdiff_t>(12, L - q0));
         const std::uint32_t* qr = q32 + q0 * (dp / 2);
         float* cr = ctx + q0 * ldc;
-        if (rows > 8) attn_rows<12>(qr, dp / 2, rows, kp, vp, L, D, scale, s, lds, p16, ldp, cr, ldc);
-        else if (rows > 4) attn_rows<8>(qr, dp / 2, rows, kp, vp, L, D, scale, s, lds, p16, ldp, cr, ldc);
-        else attn_rows<4>(qr, dp / 2, rows, kp, vp, L, D, scale, s, lds, p16, ldp, cr, ldc);
+        if (rows > 8) attn_rows<12>(qr, dp / 2, rows, kp, vp, L, D, scale2, s, lds, p16, ldp, cr, ldc);
+        else if (rows > 4) attn_rows<8>(qr, dp / 2, rows, kp, vp, L, D, scale2, s, lds, p16, ldp, cr, ldc);
+        else attn_rows<4>(qr, dp / 2, rows, kp, vp, L, D, scale2, s, lds, p16, ldp, cr, ldc);
     }
 }
 
