@@ -62,6 +62,8 @@
 #endif
 #if defined(__aarch64__) && (defined(__GNUC__) || defined(__clang__))
 #include <arm_neon.h>
+
+#include "bertlet/kernels/neon.hpp"  // erf_ps / exp_ps for the neon_dot epilogue
 #define BERTLET_S8_NEON 1
 #if defined(__clang__)
 #define BERTLET_S8_DOTPROD __attribute__((target("dotprod")))
@@ -934,52 +936,19 @@ BERTLET_S8_DOTPROD inline float32x4_t s8n_max(float32x4_t a, float32x4_t b) {  /
     return vbslq_f32(vcgtq_f32(a, b), a, b);
 }
 
-BERTLET_S8_DOTPROD inline float32x4_t s8n_erf(float32x4_t x) {  // s8_erf_scalar
-    x = s8n_max(s8n_min(x, vdupq_n_f32(4.0f)), vdupq_n_f32(-4.0f));
-    const float32x4_t x2 = vmulq_f32(x, x);
-    float32x4_t p = vdupq_n_f32(-2.72614225801306e-10f);
-    p = vfmaq_f32(vdupq_n_f32(2.77068142495902e-08f), x2, p);
-    p = vfmaq_f32(vdupq_n_f32(-2.10102402082508e-06f), x2, p);
-    p = vfmaq_f32(vdupq_n_f32(-5.69250639462346e-05f), x2, p);
-    p = vfmaq_f32(vdupq_n_f32(-7.34990630326855e-04f), x2, p);
-    p = vfmaq_f32(vdupq_n_f32(-2.95459980854025e-03f), x2, p);
-    p = vfmaq_f32(vdupq_n_f32(-1.60960333262415e-02f), x2, p);
-    p = vmulq_f32(x, p);
-    float32x4_t q = vdupq_n_f32(-1.45660718464996e-05f);
-    q = vfmaq_f32(vdupq_n_f32(-2.13374055278905e-04f), x2, q);
-    q = vfmaq_f32(vdupq_n_f32(-1.68282697438203e-03f), x2, q);
-    q = vfmaq_f32(vdupq_n_f32(-7.37332916720468e-03f), x2, q);
-    q = vfmaq_f32(vdupq_n_f32(-1.42647390514189e-02f), x2, q);
-    return vdivq_f32(p, q);
-}
-
-BERTLET_S8_DOTPROD inline float32x4_t s8n_exp(float32x4_t x) {  // s8_exp_scalar
-    x = s8n_max(s8n_min(x, vdupq_n_f32(88.0f)), vdupq_n_f32(-87.3365447505531f));
-    const float32x4_t fx = vrndnq_f32(vmulq_f32(x, vdupq_n_f32(1.44269504088896341f)));
-    const float32x4_t nfx = vnegq_f32(fx);
-    float32x4_t r = vfmaq_f32(x, nfx, vdupq_n_f32(0.693359375f));
-    r = vfmaq_f32(r, nfx, vdupq_n_f32(-2.12194440e-4f));
-    float32x4_t p = vdupq_n_f32(1.9875691500e-4f);
-    p = vfmaq_f32(vdupq_n_f32(1.3981999507e-3f), p, r);
-    p = vfmaq_f32(vdupq_n_f32(8.3334519073e-3f), p, r);
-    p = vfmaq_f32(vdupq_n_f32(4.1665795894e-2f), p, r);
-    p = vfmaq_f32(vdupq_n_f32(1.6666665459e-1f), p, r);
-    p = vfmaq_f32(vdupq_n_f32(5.0000001201e-1f), p, r);
-    const float32x4_t y = vfmaq_f32(vaddq_f32(r, vdupq_n_f32(1.0f)), p, vmulq_f32(r, r));
-    const int32x4_t e = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(fx), vdupq_n_s32(127)), 23);
-    return vmulq_f32(y, vreinterpretq_f32_s32(e));
-}
-
+// erf and exp: neon.hpp's erf_ps / exp_ps are s8_erf_scalar / s8_exp_scalar operation for operation (vfms(x, n, c)
+// is fma(-n, c, x) exactly); their vmin / vmax clamps differ from s8_min / s8_max only for a NaN input, and a NaN
+// pre-activation gives NaN through either GELU anyway.
 BERTLET_S8_DOTPROD inline float32x4_t s8n_act(float32x4_t v, activation a) {  // s8_act_scalar
     if (a == activation::gelu_erf) {
-        const float32x4_t e = s8n_erf(vmulq_f32(v, vdupq_n_f32(0.70710678118654752f)));
+        const float32x4_t e = neon::erf_ps(vmulq_f32(v, vdupq_n_f32(0.70710678118654752f)));
         return vmulq_f32(vmulq_f32(vdupq_n_f32(0.5f), v), vaddq_f32(vdupq_n_f32(1.0f), e));
     }
     if (a == activation::gelu_tanh) {
         const float32x4_t v3 = vmulq_f32(vmulq_f32(v, v), v);
         const float32x4_t u =
             vmulq_f32(vdupq_n_f32(0.79788456080286536f), vfmaq_f32(v, vdupq_n_f32(0.044715f), v3));
-        const float32x4_t e = s8n_keep(s8n_exp(vmulq_f32(vdupq_n_f32(-2.0f), u)));
+        const float32x4_t e = s8n_keep(neon::exp_ps(vmulq_f32(vdupq_n_f32(-2.0f), u)));
         return vdivq_f32(v, vaddq_f32(vdupq_n_f32(1.0f), e));
     }
     return v;
