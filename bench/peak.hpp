@@ -10,6 +10,7 @@
 // "AMD EPYC" string covers Zen 4 (one 512-bit FMA per cycle, double-pumped) and Zen 5 (two).
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
