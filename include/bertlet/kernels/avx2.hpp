@@ -70,35 +70,14 @@ BERTLET_TARGET_AVX2 inline __m256 exp_ps(__m256 x) {
     return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
 }
 
-/// erf(x): the same rational approximation as the AVX-512 path. Only the int8 epilogue uses it (mirrored bit for bit
-/// by gemm_s8.hpp's scalar path); the fp32 GELU is gelu_erf_ps below.
-BERTLET_TARGET_AVX2 inline __m256 erf_ps(__m256 x) {
-    x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(4.0f)), _mm256_set1_ps(-4.0f));
-    const __m256 x2 = _mm256_mul_ps(x, x);
-    __m256 p = _mm256_set1_ps(-2.72614225801306e-10f);
-    p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(2.77068142495902e-08f));
-    p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(-2.10102402082508e-06f));
-    p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(-5.69250639462346e-05f));
-    p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(-7.34990630326855e-04f));
-    p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(-2.95459980854025e-03f));
-    p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(-1.60960333262415e-02f));
-    p = _mm256_mul_ps(x, p);
-    __m256 q = _mm256_set1_ps(-1.45660718464996e-05f);
-    q = _mm256_fmadd_ps(x2, q, _mm256_set1_ps(-2.13374055278905e-04f));
-    q = _mm256_fmadd_ps(x2, q, _mm256_set1_ps(-1.68282697438203e-03f));
-    q = _mm256_fmadd_ps(x2, q, _mm256_set1_ps(-7.37332916720468e-03f));
-    q = _mm256_fmadd_ps(x2, q, _mm256_set1_ps(-1.42647390514189e-02f));
-    return _mm256_div_ps(p, q);
-}
-
 // GELU, erf form, without erf: 0.5 v (1 + erf(v / sqrt 2)) = 0.5 v + a g(a), a = |v|, g(a) = 0.5 erf(a / sqrt 2)
-// (v erf(v / sqrt 2) is even), so there is no division (erf_ps's rational form) and no sign to restore. g is
+// (v erf(v / sqrt 2) is even), so there is no division (a rational erf form's) and no sign to restore. g is
 // piecewise polynomial: a is clamped to gelu_amax (~4 sqrt 2: beyond it g is exactly 0.5, so GELU(v) is v or exactly
 // 0), k = round(a gelu_s) in 0..7 picks the piece and t = a gelu_s - k in [-0.5, 0.5] is its local variable (degree
 // 6, Horner); coefficient j of the 8 pieces is one 8-float row, picked per lane with vpermps. Fitted by
 // tools/fit_gelu_exp.py (float64 minimax, rounded to float32 from the highest degree down with refits; g(0) = 0, and
 // g = 0.5 at the clamp). Measured over every float in [-12, 12]: |error| <= 3.3e-7 and <= 6.5e-8 (1 + |v|); 2 g(a)
-// is erf(a / sqrt 2) to 7.5e-8 (the erf_ps form: 1.5e-6, 2.2e-7 (1 + |v|), erf to 4.4e-7). avx512.hpp has its own
+// is erf(a / sqrt 2) to 7.5e-8 (the rational erf form: 1.5e-6, 2.2e-7 (1 + |v|), erf to 4.4e-7). avx512.hpp has its own
 // table (16 pieces, one zmm vpermps each).
 inline constexpr float gelu_s = 1.325791f;  // 7.5 / 5.657: gelu_amax * gelu_s < 7.5, so k <= 7
 inline constexpr float gelu_amax = 5.657f;
@@ -117,8 +96,8 @@ alignas(32) inline constexpr float gelu_c[7][8] = {  // [coefficient of t^j][pie
      -3.957414e-06f, -2.6733687e-07f},
 };
 
-/// GELU (erf form); see gelu_c above. NaN -> NaN, +inf -> +inf, -inf -> NaN (as with erf_ps). ~1.45x the throughput
-/// of the erf_ps form in a micro-benchmark; the GELU epilogue of the FFN GEMM (128 x 1536) takes ~30% less time.
+/// GELU (erf form); see gelu_c above. NaN -> NaN, +inf -> +inf, -inf -> NaN. ~1.45x the throughput
+/// of the rational erf form in a micro-benchmark; the GELU epilogue of the FFN GEMM (128 x 1536) takes ~30% less time.
 BERTLET_TARGET_AVX2 inline __m256 gelu_erf_ps(__m256 v) {
     const __m256 a = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v);
     const __m256 ac = _mm256_min_ps(_mm256_set1_ps(gelu_amax), a);  // vminps returns a NaN second operand

@@ -78,34 +78,14 @@ BERTLET_TARGET_AVX512 inline __m512 exp_ps(__m512 x) {
     return _mm512_maskz_scalef_ps(live, p, n);
 }
 
-/// erf(x): odd/even rational approximation on [-4, 4] (the Eigen/XLA float erf; max abs error 4.4e-7). Only the int8
-/// epilogue uses it (gemm_s8.hpp mirrors it bit for bit in scalar code); the fp32 GELU is gelu_erf_ps below.
-BERTLET_TARGET_AVX512 inline __m512 erf_ps(__m512 x) {
-    x = max_ps(min_ps(x, _mm512_set1_ps(4.0f)), _mm512_set1_ps(-4.0f));
-    const __m512 x2 = _mm512_mul_ps(x, x);
-    __m512 p = _mm512_set1_ps(-2.72614225801306e-10f);
-    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(2.77068142495902e-08f));
-    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(-2.10102402082508e-06f));
-    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(-5.69250639462346e-05f));
-    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(-7.34990630326855e-04f));
-    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(-2.95459980854025e-03f));
-    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(-1.60960333262415e-02f));
-    p = _mm512_mul_ps(x, p);
-    __m512 q = _mm512_set1_ps(-1.45660718464996e-05f);
-    q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(-2.13374055278905e-04f));
-    q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(-1.68282697438203e-03f));
-    q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(-7.37332916720468e-03f));
-    q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(-1.42647390514189e-02f));
-    return _mm512_div_ps(p, q);
-}
-
 // GELU (erf form) = 0.5 v + |v| g(|v|), g(a) = 0.5 erf(a / sqrt 2) piecewise polynomial: the scheme of
 // avx2::gelu_erf_ps (see there), with 16 pieces of degree 4, as one zmm vpermps covers 16 (fewer permutes and FMAs:
 // in an epilogue-bound GEMM, 128 x 1536 x 32, it took ~30% less time than the 8-piece degree-6 table and ~40% less
-// than the erf_ps form, ~22% less than the latter at the FFN shape, K = 384; 32 pieces through vpermt2ps were
+// than the rational erf form, ~22% less than the latter at the FFN shape, K = 384; 32 pieces through vpermt2ps were
 // slower). Fitted by tools/fit_gelu_exp.py (g(0) = 0, g = 0.5 exactly at the clamp). Over every float in [-12, 12]:
-// |error| <= 3.7e-7 and <= 7.9e-8 (1 + |v|); 2 g(a) is erf(a / sqrt 2) to 2.0e-7 (the erf_ps form: 1.5e-6,
+// |error| <= 3.7e-7 and <= 7.9e-8 (1 + |v|); 2 g(a) is erf(a / sqrt 2) to 2.0e-7 (the rational erf form: 1.5e-6,
 // 2.2e-7 (1 + |v|), erf to 4.4e-7).
+// gemm_s8.hpp's int8 epilogue evaluates the same table (s8_gelu_c) on every path, scalar included.
 inline constexpr float gelu_s = 2.7399683f;  // 15.5 / 5.657: gelu_amax * gelu_s < 15.5, so k <= 15
 inline constexpr float gelu_amax = 5.6569996f;
 alignas(64) inline constexpr float gelu_c[5][16] = {  // [coefficient of t^j][piece k]
@@ -125,7 +105,7 @@ alignas(64) inline constexpr float gelu_c[5][16] = {  // [coefficient of t^j][pi
      -3.6368405e-07f, -7.735179e-08f, -1.4125928e-08f},
 };
 
-/// GELU (erf form); see gelu_c above. NaN -> NaN, +inf -> +inf, -inf -> NaN (as with erf_ps).
+/// GELU (erf form); see gelu_c above. NaN -> NaN, +inf -> +inf, -inf -> NaN.
 BERTLET_TARGET_AVX512 inline __m512 gelu_erf_ps(__m512 v) {
     const __m512 a = _mm512_abs_ps(v);
     const __m512 ac = min_ps(_mm512_set1_ps(gelu_amax), a);  // vminps returns a NaN second operand

@@ -18,8 +18,9 @@
 //     y = bias ? fma(float(acc), sx[m] * sw[n], bias[n]) : float(acc) * (sx[m] * sw[n]);
 //     if (residual) y = y + residual[m, n];
 //     y = act(y)   (none | gelu_erf: 0.5 y (1 + erf(y / sqrt 2)) | gelu_tanh: y / (1 + exp(-2 u)), u = sqrt(2/pi) (y +
-//                   0.044715 y^3)), with erf / exp the rational / Cephes approximations of kernels/avx2.hpp (erf is
-//                   the same code as the fp32 kernels' erf_ps; exp is avx2.hpp's exp_ps on every path).
+//                   0.044715 y^3)); gelu_erf is s8_gelu_scalar below (0.5 y + |y| g(|y|), g a 16-piece quartic
+//                   table, |error| <= 3.7e-7: FMA-light, since on Zen 4 every FMA / multiply of the epilogue takes a
+//                   vpdpbusd slot), exp is the Cephes approximation of avx2.hpp's exp_ps on every path.
 //
 // Packed layout ("S8P16K4"): N is padded to a multiple of 16 (n_padded), K to a multiple of 4 (k_padded), padding is
 // zero. Panel p (output rows 16p .. 16p+15) occupies k_padded * 16 bytes at offset p * 16 * k_padded; inside a panel,
@@ -50,7 +51,7 @@
 
 #include "bertlet/error.hpp"
 #include "bertlet/kernels/cpu.hpp"
-#include "bertlet/kernels/avx2.hpp"    // erf_ps / exp_ps: the int8 epilogue's GELU is the fp32 kernels' one
+#include "bertlet/kernels/avx2.hpp"    // exp_ps (the gelu_tanh epilogue)
 #include "bertlet/kernels/avx512.hpp"
 #include "bertlet/kernels/packed.hpp"
 #include "bertlet/kernels/thread_pool.hpp"
@@ -63,7 +64,7 @@
 #if defined(__aarch64__) && (defined(__GNUC__) || defined(__clang__))
 #include <arm_neon.h>
 
-#include "bertlet/kernels/neon.hpp"  // erf_ps / exp_ps for the neon_dot epilogue
+#include "bertlet/kernels/neon.hpp"  // exp_ps for the neon_dot epilogue
 #define BERTLET_S8_NEON 1
 #if defined(__clang__)
 #define BERTLET_S8_DOTPROD __attribute__((target("dotprod")))
@@ -297,24 +298,48 @@ inline float s8_no_contract(float v) noexcept {
 inline float s8_min(float a, float b) noexcept { return a < b ? a : b; }  // vminps(a, b)
 inline float s8_max(float a, float b) noexcept { return a > b ? a : b; }  // vmaxps(a, b)
 
-/// erf: the rational approximation of kernels/avx2.hpp / avx512.hpp (erf_ps), operation for operation.
-inline float s8_erf_scalar(float x) noexcept {
-    x = s8_max(s8_min(x, 4.0f), -4.0f);
-    const float x2 = x * x;
-    float p = -2.72614225801306e-10f;
-    p = std::fma(x2, p, 2.77068142495902e-08f);
-    p = std::fma(x2, p, -2.10102402082508e-06f);
-    p = std::fma(x2, p, -5.69250639462346e-05f);
-    p = std::fma(x2, p, -7.34990630326855e-04f);
-    p = std::fma(x2, p, -2.95459980854025e-03f);
-    p = std::fma(x2, p, -1.60960333262415e-02f);
-    p = x * p;
-    float q = -1.45660718464996e-05f;
-    q = std::fma(x2, q, -2.13374055278905e-04f);
-    q = std::fma(x2, q, -1.68282697438203e-03f);
-    q = std::fma(x2, q, -7.37332916720468e-03f);
-    q = std::fma(x2, q, -1.42647390514189e-02f);
-    return p / q;
+/// GELU (erf form) of the int8 epilogue, every path: GELU(v) = 0.5 v + a g(a), a = |v|, g(a) ~ 0.5 erf(a / sqrt 2)
+/// piecewise quartic: a clamped to s8_gelu_amax, k = round(a S) in 0..15 (an FMA with 1.5 * 2^23 leaves k in the low
+/// mantissa bits), t = a S - k in [-0.5, 0.5], g = c0[k] + t (c1[k] + t (c2[k] + t (c3[k] + t c4[k]))) (Horner, FMAs).
+/// The table is avx512.hpp's fp32 GELU table (tools/fit_gelu_exp.py, scheme "avx512": minimax, g(0) = 0, g = 0.5
+/// exactly at the clamp, so GELU(v) = v or exactly 0 beyond it); |error| <= 3.7e-7 and <= 7.9e-8 (1 + |v|) on
+/// [-12, 12] (the former erf_ps rational form: 2.2e-7 (1 + |v|), with a division). What matters here is its cost:
+/// on Zen 4 the epilogue's FMAs and multiplies take the pipes of vpdpbusd (one zmm of either per cycle) while vpermps
+/// does not; this form is 6 FMA-class operations per vector (the erf form ~16 and a division): 17 -> 9 cycles per
+/// vector next to vpdpbusd in a micro-benchmark, and the FFN GEMM with its GELU (128 x 384 x 1536) 405 -> 385 us.
+/// NaN -> NaN, +inf -> +inf, -inf -> NaN.
+inline constexpr float s8_gelu_s = 2.7399683f;     // 15.5 / 5.657: amax S < 15.5, so k <= 15
+inline constexpr float s8_gelu_amax = 5.6569996f;
+alignas(64) inline constexpr float s8_gelu_c[5][16] = {  // [coefficient of t^j][piece k]
+    {0.0f, 0.14243224f, 0.26728517f, 0.36322048f, 0.42783722f, 0.46598732f, 0.48573086f, 0.49468717f, 0.4982484f,
+     0.49948958f, 0.49986872f, 0.49997023f, 0.49999407f, 0.49999896f, 0.49999985f, 0.5f},
+    {0.14560078f, 0.13621892f, 0.11154938f, 0.07995562f, 0.05016281f, 0.027546331f, 0.0132401325f, 0.005570121f,
+     0.002051054f, 0.0006610368f, 0.00018646853f, 4.6037476e-05f, 9.948039e-06f, 1.8813814e-06f, 3.1140257e-07f,
+     4.5109225e-08f},
+    {5.38123e-06f, -0.009072028f, -0.014858227f, -0.015975004f, -0.013363374f, -0.009173037f, -0.005290902f,
+     -0.002596916f, -0.0010928841f, -0.0003962691f, -0.00012420716f, -3.3734083e-05f, -7.952664e-06f, -1.6294829e-06f,
+     -2.9048454e-07f, -4.509011e-08f},
+    {-0.0032649853f, -0.0026073866f, -0.0011565475f, 0.00034277936f, 0.0012476294f, 0.0014173847f, 0.0011138328f,
+     0.0006850924f, 0.00034497763f, 0.00014535208f, 5.1884024e-05f, 1.5813217e-05f, 4.1368303e-06f, 9.323918e-07f,
+     1.8155535e-07f, 3.0606223e-08f},
+    {7.799305e-05f, 0.00028603573f, 0.0004039292f, 0.00031786837f, 0.00012937216f, -3.218569e-05f, -0.00010429961f,
+     -0.000101233425f, -6.707869e-05f, -3.446423e-05f, -1.4389127e-05f, -4.9960645e-06f, -1.4620272e-06f,
+     -3.6368405e-07f, -7.735179e-08f, -1.4125928e-08f},
+};
+inline constexpr float s8_gelu_magic = 12582912.0f;  // 1.5 * 2^23
+
+inline float s8_gelu_scalar(float v) noexcept {
+    const float a = std::fabs(v);
+    const float ac = s8_min(a, s8_gelu_amax);  // vminps(a, amax): a NaN a gives amax, so k stays in 0..15
+    const float w = std::fma(ac, s8_gelu_s, s8_gelu_magic);
+    const float kf = w - s8_gelu_magic;  // exact
+    const float t = std::fma(ac, s8_gelu_s, -kf);
+    std::uint32_t bits;
+    std::memcpy(&bits, &w, 4);
+    const std::uint32_t k = bits & 15u;
+    float p = s8_gelu_c[4][k];
+    for (int j = 3; j >= 0; --j) p = std::fma(p, t, s8_gelu_c[j][k]);
+    return std::fma(a, p, 0.5f * v);
 }
 
 /// exp: kernels/avx2.hpp's exp_ps (clamp to [-87.34, 88], Cephes polynomial, 2^n through the exponent field).
@@ -337,10 +362,7 @@ inline float s8_exp_scalar(float x) noexcept {
 }
 
 inline float s8_act_scalar(float v, activation a) noexcept {
-    if (a == activation::gelu_erf) {
-        const float e = s8_erf_scalar(v * 0.70710678118654752f);
-        return (0.5f * v) * (1.0f + e);
-    }
+    if (a == activation::gelu_erf) return s8_gelu_scalar(v);
     if (a == activation::gelu_tanh) {
         const float v3 = (v * v) * v;
         const float u = 0.79788456080286536f * std::fma(0.044715f, v3, v);
@@ -430,11 +452,28 @@ inline void s8_drive(const s8_job& a, std::size_t m0, std::size_t m1, std::size_
 
 // ---- AVX2 helpers (also used by AVX-VNNI) ----
 
+// s8_gelu_scalar: a 16-entry table row is two 8-lane vpermps (k mod 8) merged by bit 3 of k (vblendvps reads the
+// sign bit, so k is shifted there).
+BERTLET_TARGET(BERTLET_S8_AVX2) inline __m256 s8_gelu_avx2(__m256 v) {
+    const __m256 a = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v);
+    const __m256 ac = _mm256_min_ps(a, _mm256_set1_ps(s8_gelu_amax));
+    const __m256 magic = _mm256_set1_ps(s8_gelu_magic);
+    const __m256 w = _mm256_fmadd_ps(ac, _mm256_set1_ps(s8_gelu_s), magic);
+    const __m256 t = _mm256_fmsub_ps(ac, _mm256_set1_ps(s8_gelu_s), _mm256_sub_ps(w, magic));
+    const __m256i k = _mm256_castps_si256(w);
+    const __m256 hi = _mm256_castsi256_ps(_mm256_slli_epi32(k, 28));
+    const auto row = [k, hi](int j) BERTLET_TARGET(BERTLET_S8_AVX2) {
+        return _mm256_blendv_ps(_mm256_permutevar8x32_ps(_mm256_load_ps(s8_gelu_c[j]), k),
+                                _mm256_permutevar8x32_ps(_mm256_load_ps(s8_gelu_c[j] + 8), k), hi);
+    };
+    __m256 p = row(4);
+#pragma GCC unroll 4
+    for (int j = 3; j >= 0; --j) p = _mm256_fmadd_ps(p, t, row(j));
+    return _mm256_fmadd_ps(a, p, _mm256_mul_ps(_mm256_set1_ps(0.5f), v));
+}
+
 BERTLET_TARGET(BERTLET_S8_AVX2) inline __m256 s8_act_avx2(__m256 v, activation a) {
-    if (a == activation::gelu_erf) {
-        const __m256 e = avx2::erf_ps(_mm256_mul_ps(v, _mm256_set1_ps(0.70710678118654752f)));
-        return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v), _mm256_add_ps(_mm256_set1_ps(1.0f), e));
-    }
+    if (a == activation::gelu_erf) return s8_gelu_avx2(v);
     if (a == activation::gelu_tanh) {
         const __m256 v3 = _mm256_mul_ps(_mm256_mul_ps(v, v), v);
         const __m256 u = _mm256_mul_ps(_mm256_set1_ps(0.79788456080286536f),
@@ -694,11 +733,22 @@ BERTLET_TARGET(BERTLET_S8_AVX512) inline __m512 s8_exp_avx512(__m512 x) {
     return _mm512_mul_ps(y, _mm512_castsi512_ps(e));
 }
 
+// s8_gelu_scalar: a 16-entry table row is one vpermps (avx512::gelu_erf_ps, with the clamp's operands swapped).
+BERTLET_TARGET(BERTLET_S8_AVX512) inline __m512 s8_gelu_avx512(__m512 v) {
+    const __m512 a = _mm512_abs_ps(v);
+    const __m512 ac = _mm512_min_ps(a, _mm512_set1_ps(s8_gelu_amax));
+    const __m512 magic = _mm512_set1_ps(s8_gelu_magic);
+    const __m512 w = _mm512_fmadd_ps(ac, _mm512_set1_ps(s8_gelu_s), magic);
+    const __m512 t = _mm512_fmsub_ps(ac, _mm512_set1_ps(s8_gelu_s), _mm512_sub_ps(w, magic));
+    const __m512i k = _mm512_castps_si512(w);
+    __m512 p = _mm512_permutexvar_ps(k, _mm512_load_ps(s8_gelu_c[4]));
+#pragma GCC unroll 4
+    for (int j = 3; j >= 0; --j) p = _mm512_fmadd_ps(p, t, _mm512_permutexvar_ps(k, _mm512_load_ps(s8_gelu_c[j])));
+    return _mm512_fmadd_ps(a, p, _mm512_mul_ps(_mm512_set1_ps(0.5f), v));
+}
+
 BERTLET_TARGET(BERTLET_S8_AVX512) inline __m512 s8_act_avx512(__m512 v, activation a) {
-    if (a == activation::gelu_erf) {
-        const __m512 e = avx512::erf_ps(_mm512_mul_ps(v, _mm512_set1_ps(0.70710678118654752f)));
-        return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), v), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
-    }
+    if (a == activation::gelu_erf) return s8_gelu_avx512(v);
     if (a == activation::gelu_tanh) {
         const __m512 v3 = _mm512_mul_ps(_mm512_mul_ps(v, v), v);
         const __m512 u = _mm512_mul_ps(_mm512_set1_ps(0.79788456080286536f),
@@ -884,22 +934,34 @@ void s8_kernel_avx512_vnni(const s8_job& a, std::size_t m0, std::size_t p0) {
     const std::size_t first = std::min(lines, (m0 / MR) * per);
     const std::size_t npf = std::min(per, lines - first);
     const std::int8_t* pf = wp + NR * ps + first * 64;
-    const std::size_t step = npf ? std::max<std::size_t>(1, a.groups / npf) : 1;
-    std::size_t pk = 0, next = 0;
-    for (std::size_t g = 0; g < a.groups; ++g) {
-        if (g == next && pk < npf) {
+    const std::size_t step = npf ? std::max<std::size_t>(1, a.groups / npf) : a.groups;
+    // The k-groups run in chunks of `step`, one prefetch before each (while any are left), so the inner loop is only
+    // loads and vpdpbusd. Rows are addressed from two bases (rows 0-3 and 4-7) with ldq and 3 ldq as index registers:
+    // with one pointer per row GCC ran out of registers and reloaded row pointers from the stack every k-group.
+    const std::size_t ldq3 = 3 * ldq;
+    std::size_t pk = 0;
+    for (std::size_t g0 = 0; g0 < a.groups; g0 += step) {
+        if (pk < npf) {
             _mm_prefetch(reinterpret_cast<const char*>(pf + pk * 64), _MM_HINT_T1);
             ++pk;
-            next += step;
         }
-        __m512i w[NR];
+        const std::size_t g1 = std::min(a.groups, g0 + step);
+        const std::uint8_t* x0 = xr + 4 * g0;
+        const std::int8_t* w0 = wp + 64 * g0;
+        for (std::size_t g = g0; g < g1; ++g, x0 += 4, w0 += 64) {
+            const std::uint8_t* x4 = x0 + 4 * ldq;
+            __m512i w[NR];
 #pragma GCC unroll 8
-        for (int j = 0; j < NR; ++j) w[j] = _mm512_loadu_si512(wp + j * ps + 64 * g);
+            for (int j = 0; j < NR; ++j) w[j] = _mm512_loadu_si512(w0 + j * ps);
 #pragma GCC unroll 16
-        for (int i = 0; i < MR; ++i) {
-            const __m512i xb = _mm512_set1_epi32(s8_load32(xr + i * ldq + 4 * g));
+            for (int i = 0; i < MR; ++i) {
+                const std::uint8_t* base = i < 4 ? x0 : x4;
+                const int r = i & 3;
+                const std::uint8_t* xp = r == 0 ? base : r == 1 ? base + ldq : r == 2 ? base + 2 * ldq : base + ldq3;
+                const __m512i xb = _mm512_set1_epi32(s8_load32(xp));
 #pragma GCC unroll 8
-            for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], xb, w[j]);
+                for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], xb, w[j]);
+            }
         }
     }
     s8_tile_store_avx512<MR, NR, RAW>(a, m0, p0, acc);
@@ -936,14 +998,30 @@ BERTLET_S8_DOTPROD inline float32x4_t s8n_max(float32x4_t a, float32x4_t b) {  /
     return vbslq_f32(vcgtq_f32(a, b), a, b);
 }
 
-// erf and exp: neon.hpp's erf_ps / exp_ps are s8_erf_scalar / s8_exp_scalar operation for operation (vfms(x, n, c)
-// is fma(-n, c, x) exactly); their vmin / vmax clamps differ from s8_min / s8_max only for a NaN input, and a NaN
-// pre-activation gives NaN through either GELU anyway.
+// s8_gelu_scalar; the table rows are read lane by lane (k is in 0..15 for every input, NaN included).
+BERTLET_S8_DOTPROD inline float32x4_t s8n_gelu(float32x4_t v) {
+    const float32x4_t a = vabsq_f32(v);
+    const float32x4_t ac = s8n_min(a, vdupq_n_f32(s8_gelu_amax));
+    const float32x4_t magic = vdupq_n_f32(s8_gelu_magic), s = vdupq_n_f32(s8_gelu_s);
+    const float32x4_t w = vfmaq_f32(magic, ac, s);
+    const float32x4_t t = vfmaq_f32(vnegq_f32(vsubq_f32(w, magic)), ac, s);  // fma(ac, S, -kf), kf exact
+    const uint32x4_t k = vandq_u32(vreinterpretq_u32_f32(w), vdupq_n_u32(15));
+    const std::uint32_t k0 = vgetq_lane_u32(k, 0), k1 = vgetq_lane_u32(k, 1), k2 = vgetq_lane_u32(k, 2),
+                        k3 = vgetq_lane_u32(k, 3);
+    const auto row = [&](int j) BERTLET_S8_DOTPROD {
+        const float* c = s8_gelu_c[j];
+        const float lanes[4] = {c[k0], c[k1], c[k2], c[k3]};
+        return vld1q_f32(lanes);
+    };
+    float32x4_t p = row(4);
+    for (int j = 3; j >= 0; --j) p = vfmaq_f32(row(j), p, t);
+    return vfmaq_f32(s8n_keep(vmulq_f32(vdupq_n_f32(0.5f), v)), a, p);
+}
+
+// exp: neon.hpp's exp_ps is s8_exp_scalar operation for operation (vfms(x, n, c) is fma(-n, c, x) exactly); its
+// vmin / vmax clamps differ from s8_min / s8_max only for a NaN input, which gives NaN through gelu_tanh anyway.
 BERTLET_S8_DOTPROD inline float32x4_t s8n_act(float32x4_t v, activation a) {  // s8_act_scalar
-    if (a == activation::gelu_erf) {
-        const float32x4_t e = neon::erf_ps(vmulq_f32(v, vdupq_n_f32(0.70710678118654752f)));
-        return vmulq_f32(vmulq_f32(vdupq_n_f32(0.5f), v), vaddq_f32(vdupq_n_f32(1.0f), e));
-    }
+    if (a == activation::gelu_erf) return s8n_gelu(v);
     if (a == activation::gelu_tanh) {
         const float32x4_t v3 = vmulq_f32(vmulq_f32(v, v), v);
         const float32x4_t u =
