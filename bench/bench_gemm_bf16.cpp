@@ -8,12 +8,14 @@
 // conversion). Pack benchmarks: the Time column is the cost per head.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "bertlet/kernels/dispatch.hpp"
+#include "bertlet/kernels/attention_s8.hpp"
 #include "bertlet/kernels/gemm_bf16.hpp"
 
 namespace {
@@ -184,6 +186,34 @@ void bm_head(benchmark::State& st, bool bf16) {
     set_gflops(st, 2.0 * 2.0 * double(L * L * D));  // the two matmuls (the time includes packing and softmax)
 }
 
+// The fused attention heads the encoder runs per (sequence, head), L = 128, D = 32: fp32 (the avx512 kernel table's),
+// bf16 (int8 models on AVX512_BF16 CPUs before) and int8 (kernels/attention_s8.hpp, int8 models on VNNI CPUs).
+void bm_fused(benchmark::State& st, int kind) {
+    if (kind == 1 ? !need_bf16(st) : !need_avx512(st)) return;
+    if (kind == 2 && !bertlet::s8_attention_supported()) {
+        st.SkipWithError("no AVX-512 VNNI");
+        return;
+    }
+    const auto& kt = bd::kernels_for(bertlet::isa::avx512);
+    const auto qkv = gaussian(std::size_t(L * LDQKV), 4, 1.f);
+    const float* q = qkv.data() + 2 * D;
+    const float* k = qkv.data() + H + 2 * D;
+    const float* v = qkv.data() + 2 * H + 2 * D;
+    std::vector<float> ctx(std::size_t(L * H));
+    const std::size_t nb = std::max({bertlet::s8_attention_scratch_bytes(L, D), bertlet::bf16_attention_scratch_bytes(L, D),
+                                     bd::attention_scratch_floats(L, D) * 4});
+    std::vector<unsigned char> scratch(nb);
+    const float scale = 1.0f / std::sqrt(float(D));
+    for (auto _ : st) {
+        if (kind == 0) kt.attention(q, k, v, LDQKV, ctx.data() + 2 * D, H, L, D, scale, reinterpret_cast<float*>(scratch.data()));
+        else if (kind == 1) bertlet::bf16_attention_head(q, k, v, LDQKV, ctx.data() + 2 * D, H, L, D, scale, scratch.data());
+        else bertlet::s8_attention_head(q, k, v, LDQKV, ctx.data() + 2 * D, H, L, D, scale, scratch.data());
+        benchmark::DoNotOptimize(ctx.data());
+        benchmark::ClobberMemory();
+    }
+    set_gflops(st, 2.0 * 2.0 * double(L * L * D));
+}
+
 const int registered = [] {
     for (const shape& s : shapes) {
         const std::string dims = std::string("/") + s.name + "/M" + std::to_string(s.M) + "_N" + std::to_string(s.N) +
@@ -199,6 +229,9 @@ const int registered = [] {
     benchmark::RegisterBenchmark("pack_bf16_kn/V_h/L128_D32", bm_pack, true, true)->Unit(benchmark::kNanosecond);
     benchmark::RegisterBenchmark("head_f32/L128_D32", bm_head, false)->Unit(benchmark::kMicrosecond);
     benchmark::RegisterBenchmark("head_bf16/L128_D32", bm_head, true)->Unit(benchmark::kMicrosecond);
+    benchmark::RegisterBenchmark("fused_f32/L128_D32", bm_fused, 0)->Unit(benchmark::kMicrosecond);
+    benchmark::RegisterBenchmark("fused_bf16/L128_D32", bm_fused, 1)->Unit(benchmark::kMicrosecond);
+    benchmark::RegisterBenchmark("fused_s8/L128_D32", bm_fused, 2)->Unit(benchmark::kMicrosecond);
     return 0;
 }();
 

@@ -274,7 +274,7 @@ int peak_mode() {
 void usage() {
     std::cerr << "usage: bertlet-latency --model FILE [--seq 16,128] [--batch 1,32] [--threads N] [--min-iters N]\n"
                  "         [--max-iters N] [--min-time S] [--max-time S] [--warmup-iters N] [--warmup-time S]\n"
-                 "         [--label NAME] [--info]\n"
+                 "         [--label NAME] [--info] [--fp32-attention | --int8-attention]\n"
                  "       bertlet-latency --peak   (CPU id + single-core fp32 / int8 / bf16 peaks, for the roofline)\n"
                  "       bertlet-latency --model FILE --tokenize-file TSV [--passes N] [--dump-ids OUT]\n";
 }
@@ -286,6 +286,7 @@ int main(int argc, char** argv) {
     std::vector<long> seqs{128}, batches{1};
     int threads = 1;
     bool bf16_attention = true;  // --fp32-attention: load_options::bf16_attention = false (int8 models)
+    bool int8_attention = true;  // --fp32-attention: load_options::int8_attention = false; --int8-attention: bf16 off
     long passes = 3;
     bool info_only = false;
     budget b;
@@ -300,7 +301,8 @@ int main(int argc, char** argv) {
             else if (a == "--seq") seqs = parse_list(next());
             else if (a == "--batch") batches = parse_list(next());
             else if (a == "--threads") threads = std::stoi(next());
-            else if (a == "--fp32-attention") bf16_attention = false;
+            else if (a == "--fp32-attention") bf16_attention = int8_attention = false;
+            else if (a == "--int8-attention") bf16_attention = false;
             else if (a == "--iters" || a == "--min-iters") b.min_iters = std::stol(next());
             else if (a == "--max-iters") b.max_iters = std::stol(next());
             else if (a == "--min-time") b.min_time = std::stod(next());
@@ -329,6 +331,7 @@ int main(int argc, char** argv) {
     try {
         bertlet::load_options opt;
         opt.bf16_attention = bf16_attention;
+        opt.int8_attention = int8_attention;
         const thread_setting th = apply_threads(opt, threads);
         const auto l0 = clk::now();
         const bertlet::embedder m = bertlet::embedder::load(model, opt);
@@ -339,7 +342,9 @@ int main(int argc, char** argv) {
             "\"system\":\"bertlet\",\"precision\":" + json_str(label) + ",\"model\":" + json_str(model) +
             ",\"isa\":" + json_str(isa_string()) + ",\"threads_requested\":" + std::to_string(threads) +
             ",\"threads_used\":" + std::to_string(th.used) + ",\"threads_wired\":" + json_str(th.wired) +
-            ",\"load_ms\":" + num(load_ms) + ",\"compile_flags\":" + json_str(BERTLET_COMPILE_FLAGS);
+            ",\"load_ms\":" + num(load_ms) + ",\"compile_flags\":" + json_str(BERTLET_COMPILE_FLAGS) +
+            ",\"attention\":" +
+            json_str(m.model_encoder().int8_attention() ? "int8" : m.model_encoder().bf16_attention() ? "bf16" : "fp32");
         if (info_only) {  // also the seq-16 input ids, so compare.py can assert every system gets the same ones
             std::string ids;
             for (const auto id : sequence_of(m, 16)) ids += (ids.empty() ? "" : ",") + std::to_string(id);

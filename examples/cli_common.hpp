@@ -22,7 +22,8 @@ struct options {
     std::size_t batch = 32;
     std::size_t threads = 1;
     std::string arch;                 // empty: the best path the CPU has (or $BERTLET_FORCE_ARCH)
-    bool fp32_attention = false;      // --fp32-attention (int8 models: no bf16 attention)
+    bool fp32_attention = false;      // --fp32-attention (int8 models: neither int8 nor bf16 attention)
+    bool int8_attention = false;      // --int8-attention (int8 models: int8 attention even where bf16 exists)
     std::vector<std::string> texts;  // positional
 };
 
@@ -276,6 +277,8 @@ options parse(int argc, char** argv, const char* usage, Extra&& extra) {
             o.threads = n;
         } else if (a == "--fp32-attention") {
             o.fp32_attention = true;
+        } else if (a == "--int8-attention") {
+            o.int8_attention = true;
         } else if (a == "--arch") {
             o.arch = value("--arch");
             if (o.arch != "scalar" && o.arch != "avx2" && o.arch != "avx512" && o.arch != "neon")
@@ -308,7 +311,8 @@ LoadOptions load_options_from(const options& o) {
     LoadOptions lo;
     lo.verify = o.verify;
     lo.threads = o.threads;
-    lo.bf16_attention = !o.fp32_attention;
+    lo.bf16_attention = !o.fp32_attention && !o.int8_attention;
+    lo.int8_attention = !o.fp32_attention;
     if (o.arch == "scalar") lo.arch = bertlet::isa::scalar;
     else if (o.arch == "avx2") lo.arch = bertlet::isa::avx2;
     else if (o.arch == "avx512") lo.arch = bertlet::isa::avx512;

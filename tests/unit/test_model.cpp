@@ -395,6 +395,7 @@ TEST_CASE("int8 linears with act_scale smoothing: close to the f32 network on ev
         bertlet::load_options lo;
         lo.arch = arch;
         lo.bf16_attention = false;
+        lo.int8_attention = false;
         const auto e = bertlet::embedder::from_bytes(tiny_blob(m, hk), lo);
         CHECK(e.model_encoder().quantized());
         std::vector<std::vector<float>> got;
@@ -752,18 +753,24 @@ TEST_CASE("all-MiniLM-L6-v2 int8: loads in place, verifies and stays close to th
     for (const auto& g : gold) texts.push_back(g.text);
     std::vector<std::vector<float>> first;
     for (bertlet::isa a : bertlet::detail::available_isas())
-    for (bool bf16 : {false, true}) {
+    for (int mode : {0, 1, 2}) {  // attention: fp32, bf16, int8 (verify() passes in each)
         CAPTURE(bertlet::isa_name(a));
-        CAPTURE(bf16);
+        CAPTURE(mode);
+        const bool bf16 = mode != 0;  // reduced-precision attention
         bertlet::load_options lo;
         lo.verify = true;
         lo.arch = a;
-        lo.bf16_attention = bf16;
+        lo.bf16_attention = mode == 1;
+        lo.int8_attention = mode == 2;
         const auto e = bertlet::embedder::load(path, lo);
         CHECK(e.model_encoder().quantized());
         CHECK(e.model_encoder().prepacked());
-        CHECK(e.model_encoder().bf16_attention() == (bf16 && a == bertlet::isa::avx512 && bertlet::bf16_supported()));
-        if (bf16 && !e.model_encoder().bf16_attention()) continue;  // same as the fp32-attention run
+        CHECK(e.model_encoder().bf16_attention() ==
+              (mode == 1 && a == bertlet::isa::avx512 && bertlet::bf16_supported()));
+        CHECK(e.model_encoder().int8_attention() ==
+              (mode == 2 && a == bertlet::isa::avx512 && bertlet::s8_attention_supported()));
+        if (mode != 0 && !e.model_encoder().bf16_attention() && !e.model_encoder().int8_attention())
+            continue;  // same as the fp32-attention run
         const auto got = e.embed_batch(texts);
         for (std::size_t i = 0; i < gold.size(); ++i) {
             double dot = 0, na = 0, nb = 0;

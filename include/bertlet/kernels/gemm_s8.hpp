@@ -442,6 +442,12 @@ template <class Fam, bool RAW>
 inline void s8_drive(const s8_job& a, std::size_t m0, std::size_t m1, std::size_t p0, std::size_t p1) {
     std::size_t p = p0;
     for (; p + Fam::NR <= p1; p += Fam::NR) s8_rows<Fam, Fam::NR, RAW>(a, m0, m1, p);
+    if constexpr (Fam::NR > 2) {  // a 2-panel tail as one tile (attention's P V has N = 32: two panels)
+        if (p + 2 <= p1) {
+            s8_rows<Fam, 2, RAW>(a, m0, m1, p);
+            p += 2;
+        }
+    }
     for (; p < p1; ++p) s8_rows<Fam, 1, RAW>(a, m0, m1, p);
 }
 

@@ -43,6 +43,11 @@ struct load_options {
     /// avx512 path runs on a CPU with AVX512_BF16 (ignored elsewhere; fp32 and bf16 blobs never use it). On by
     /// default: ~0.3 ms of 4.7 at seq 128 on Zen 5, with no measurable accuracy cost on STS-B dev (docs/INT8.md).
     bool bf16_attention = true;
+    /// int8 models only: run attention's two matmuls in int8 (Q, K per token, V per channel, softmax numerators as
+    /// u8; kernels/attention_s8.hpp) through the VNNI GEMM kernel when the avx512 path runs on a CPU with AVX-512 VNNI
+    /// and bf16 attention is not used (off, or no AVX512_BF16: e.g. Cascade Lake / Ice Lake). On by default: half
+    /// the time of fp32 attention per head, and on STS-B the embeddings stay within the int8 bars (docs/INT8.md).
+    bool int8_attention = true;
 };
 
 /// verify() bounds for int8 models running bf16 attention (see embedder::verify).
@@ -194,7 +199,7 @@ public:
         rep.cosine_threshold = r.has("verify.min_cosine") ? r.get_f64("verify.min_cosine") : 0.0;
         // the reference vectors of an int8 blob model fp32 attention; with bf16 attention the outputs move by up
         // to ~0.015 per element / cosine ~0.996 against them (as close to the fp32 model as before; docs/INT8.md)
-        if (s_->enc.bf16_attention()) {
+        if (s_->enc.bf16_attention() || s_->enc.int8_attention()) {
             tol = std::max(tol, bf16_attention_tolerance);
             rep.cosine_threshold = std::min(rep.cosine_threshold, bf16_attention_min_cosine);
         }
@@ -237,9 +242,9 @@ private:
         wordpiece_tokenizer tok;
         encoder enc;
         state(blob::reader&& r, const bert_config& c, pooling_config p, wordpiece_tokenizer&& t, isa arch,
-              std::size_t threads, bool bf16_attention)
+              std::size_t threads, bool bf16_attention, bool int8_attention)
             : reader(std::move(r)), cfg(c), pool(p), tok(std::move(t)),
-              enc(reader, cfg, arch, threads, bf16_attention) {}
+              enc(reader, cfg, arch, threads, bf16_attention, int8_attention) {}
     };
 
     static wordpiece_tokenizer make_tokenizer(const blob::reader& r, const bert_config& c) {
@@ -258,7 +263,8 @@ private:
         wordpiece_tokenizer tok = make_tokenizer(r, c);
         embedder e;
         const isa arch = opt.arch ? *opt.arch : detail::default_isa();
-        e.s_ = std::make_shared<const state>(std::move(r), c, p, std::move(tok), arch, opt.threads, opt.bf16_attention);
+        e.s_ = std::make_shared<const state>(std::move(r), c, p, std::move(tok), arch, opt.threads, opt.bf16_attention,
+                                                     opt.int8_attention);
         if (opt.verify) e.verify();
         return e;
     }

@@ -23,6 +23,7 @@
 
 #include "bertlet/blob/reader.hpp"
 #include "bertlet/error.hpp"
+#include "bertlet/kernels/attention_s8.hpp"
 #include "bertlet/kernels/basic.hpp"
 #include "bertlet/kernels/dispatch.hpp"
 #include "bertlet/kernels/gemm_bf16.hpp"
@@ -63,7 +64,8 @@ private:
         const std::size_t D = c.head_dim(), L = std::max<std::size_t>(max_len, 1);
         return detail::gemm_scratch_floats() +
                std::max({detail::packed_n16_size(L, D) + detail::packed_n16_size(D, L) + attn_rows * L + 16,
-                         detail::attention_scratch_floats(L, D), bf16_attention_scratch_bytes(L, D) / 4 + 1});
+                         detail::attention_scratch_floats(L, D), bf16_attention_scratch_bytes(L, D) / 4 + 1,
+                         s8_attention_scratch_bytes(L, D) / 4 + 1});
     }
     static void grow(std::vector<float>& v, std::size_t n) {
         if (v.size() < n) v.resize(n);
@@ -120,6 +122,7 @@ struct exec_context {
     thread_pool* pool = nullptr;  // null: run on the calling thread
     s8_path s8 = s8_path::scalar;  // the int8 GEMM path that goes with k's ISA
     bool bf16_attention = false;   // attention matmuls in bf16 (int8 models on AVX512_BF16 CPUs; docs/INT8.md)
+    bool s8_attention = false;     // attention matmuls in int8 (int8 models on AVX-512 VNNI; kernels/attention_s8.hpp)
 };
 }  // namespace detail
 
@@ -240,6 +243,10 @@ struct encoder_block {
             const float* kh = k + off * ldqkv + h * D;
             const float* vh = v + off * ldqkv + h * D;
             float* ch = ctx + off * H + h * D;
+            if (ex.s8_attention) {  // int8 Q K^T and P V through the VNNI GEMM kernel (kernels/attention_s8.hpp)
+                s8_attention_head(qh, kh, vh, ldqkv, ch, H, L, D, scale, kp);
+                return;
+            }
             if (ex.bf16_attention) {  // fused, bf16 operands, fp32 accumulation and softmax (kernels/gemm_bf16.hpp)
                 bf16_attention_head(qh, kh, vh, ldqkv, ch, H, L, D, scale, kp);
                 return;
@@ -329,7 +336,7 @@ struct encoder_block {
 class encoder {
 public:
     encoder(const blob::reader& r, const bert_config& c, isa arch = detail::default_isa(), std::size_t threads = 1,
-            bool bf16_attention = false)
+            bool bf16_attention = false, bool int8_attention = false)
         : cfg_(c), kernels_(&detail::kernels_for(arch)), s8_(s8_path_for(arch)),
           use_bf16_(kernels_->arch == isa::avx512 && bf16_supported()) {
         if (threads < 1 || threads > 1024)
@@ -381,6 +388,10 @@ public:
         // opt-in for int8 models (they already trade exactness for speed): attention's matmuls in bf16 where the chosen
         // path is avx512 and the CPU has AVX512_BF16 (an fp32 model's attention always stays fp32)
         bf16_attention_ = bf16_attention && quantized_ && kernels_->arch == isa::avx512 && bf16_supported();
+        // int8 attention (opt-in): int8 models on the avx512 path with AVX-512 VNNI, where bf16 attention is not
+        // used (bf16 comes first: as fast on Zen 4 and a little closer to fp32 on STS-B; docs/INT8.md)
+        s8_attention_ = !bf16_attention_ && int8_attention && quantized_ && s8_ == s8_path::avx512_vnni &&
+                        s8_attention_supported() && c.head_dim() <= 64;
     }
 
     const bert_config& config() const noexcept { return cfg_; }
@@ -397,6 +408,8 @@ public:
     bool bf16_kernels() const noexcept { return bf16_weights_ && use_bf16_; }
     /// True if attention's two matmuls run in bf16 (opted in; int8 models on the avx512 path with AVX512_BF16).
     bool bf16_attention() const noexcept { return bf16_attention_; }
+    /// True if attention's two matmuls run in int8 (opted in; int8 models on the avx512 path with AVX-512 VNNI).
+    bool int8_attention() const noexcept { return s8_attention_; }
 
     /// Runs the encoder over a packed batch. ids/type_ids hold `tokens` entries; seqs describe the sequences.
     /// Returns a pointer to the final hidden states [tokens, H] inside `ws` (valid until its next use).
@@ -440,7 +453,7 @@ public:
                 kernels_->add3(x + t * H, wrow, pos_ + p * H, type_ + tt * H, static_cast<std::ptrdiff_t>(H));
             }
         }
-        const detail::exec_context ex{kernels_, pool_.get(), s8_, bf16_attention_};
+        const detail::exec_context ex{kernels_, pool_.get(), s8_, bf16_attention_, s8_attention_};
         encoder_block<dynamic_shape>::layernorm(*kernels_, ex, x, static_cast<std::ptrdiff_t>(tokens),
                                                 static_cast<std::ptrdiff_t>(H), emb_ln_g_, emb_ln_b_,
                                                 cfg_.layer_norm_eps);
@@ -599,6 +612,7 @@ private:
     s8_path s8_ = s8_path::scalar;
     bool quantized_ = false;
     bool bf16_attention_ = false;
+    bool s8_attention_ = false;
     bool use_bf16_ = false;     // bf16 (layout 3) weights run on the AVX512_BF16 kernels (else widened at load)
     bool bf16_weights_ = false;  // the blob has bf16 linear weights
     std::shared_ptr<detail::thread_pool> pool_;

@@ -1,0 +1,419 @@
+// bertlet — int8 attention of one (sequence, head) for int8 models on AVX-512 VNNI CPUs (issue #3; docs/INT8.md).
+//
+//   ctx = softmax(scale * Q K^T) V,  Q, K, V [L, D] (row stride ld), ctx [L, D] (row stride ldc)
+//
+// Both matmuls run through gemm_s8.hpp's AVX-512 VNNI kernel (vpdpbusd, u8 x s8, 64 multiply-adds per instruction:
+// twice the bf16 rate of vdpbf16ps) with every integer sum exact, so the result is defined by these quantizations
+// and float operations (the scalar reference s8_attention_head_ref performs exactly the same ones: same bits):
+// * Q and K per token (row), symmetric as the int8 linears' activations: amax = max|x|, s = amax / 127,
+//   x8 = round_half_even(x * (127 / amax)) clamped to +-127 (amax = 0 gives s = 0 and zeros).
+// * Scores in log2 units: y[i, t] = float(sum_d q8[i, d] k8[t, d]) * (sq[i] * (sk[t] * scale * log2 e)) (the GEMM
+//   epilogue without bias); m_i = max_t y[i, t]; the softmax numerator 255 * 2^(y - m_i) (exp2_255: argument
+//   clamped at -127, n = round, r = x - n, degree-4 Taylor polynomial of 255 * 2^r, times 2^n by vscalefps / ldexp)
+//   rounded half-even to an integer p in 0..255 (u8; the row's maximum gives exactly 255).
+// * V per channel d over the L tokens: sv[d] = max_t |V[t, d]| / 127, v8 as above.
+// * ctx[i, d] = float(sum_t p[i, t] v8[t, d]) * ((1 / float(sum_t p[i, t])) * sv[d]): the probabilities are the
+//   quantized numerators normalized by their own (exact integer) sum.
+// For the kernel, Q rows are activations (q8 + 128 as u8, scales sq) and K is a packed weight (S8P16K4 panels of 16
+// keys, row sums, scales sk * scale * log2 e); then P rows are activations (u8 as they are, scales 1 / row sum) and V
+// a packed weight over channels with tokens as k and zero row sums (P needs no -128 correction). Sums stay far below
+// 2^31 (|acc| <= 255 * 127 * max(L, D)).
+// Accuracy: on STS-B dev (numpy simulation of this scheme on top of the int8 linears) the embeddings move no more
+// than with bf16 attention; docs/INT8.md.
+//
+// Scratch (s8_attention_scratch_bytes(L, D), any alignment): q8 [L, dq] (dq = D rounded up to 4) and sq; packed K,
+// row sums, scales; packed V, scales, zero row sums; the scores, u8 P rows and reciprocal sums of one block of up to
+// 64 query rows.
+//
+// s8_attention_supported(): AVX-512 F/BW/VL/DQ + VNNI and an x86 build. Elsewhere s8_attention_head runs the
+// reference (which allocates: tests and fallback only).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "bertlet/kernels/avx512.hpp"
+#include "bertlet/kernels/cpu.hpp"
+#include "bertlet/kernels/gemm_s8.hpp"
+
+#if defined(BERTLET_HAVE_AVX512_PATH)
+#define BERTLET_S8A_X86 1
+#define BERTLET_TARGET_S8A __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")))
+#endif
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+
+namespace bertlet {
+
+namespace detail::s8a {
+
+inline constexpr std::ptrdiff_t rb = 64;  // query rows per block (scores and P of one block live in the scratch)
+// 255 * 2^r, degree-4 Taylor coefficients of 2^r times 255 (|r| <= 1/2: relative error < 6e-5, i.e. < 0.015 of a
+// quantization step of P)
+inline constexpr float e0 = 255.0f, e1 = 176.752531f, e2 = 61.257759f, e3 = 14.1535477f, e4 = 2.45262292f;
+inline constexpr float log2e = 1.44269504088896341f;
+
+struct layout {
+    std::ptrdiff_t L, D, dq, np, lp4, nd, lds, ldp;
+    std::size_t o_q8, o_sq, o_kp, o_kc, o_ks, o_vp, o_sv, o_vz, o_s, o_p, o_inv, o_qinv, o_kinv, bytes;
+};
+
+inline std::size_t up64(std::size_t b) noexcept { return (b + 63) / 64 * 64; }
+
+inline layout make_layout(std::ptrdiff_t L, std::ptrdiff_t D) noexcept {
+    layout y{};
+    y.L = L;
+    y.D = D;
+    y.dq = (D + 3) / 4 * 4;
+    y.np = (L + 15) / 16;
+    y.lp4 = (L + 3) / 4 * 4;
+    y.nd = (D + 15) / 16;
+    y.lds = y.np * 16;
+    y.ldp = (y.np * 16 + 63) / 64 * 64;
+    const auto n = [](std::ptrdiff_t v) { return static_cast<std::size_t>(v); };
+    std::size_t o = 0;
+    auto take = [&](std::size_t b) {
+        const std::size_t at = o;
+        o += up64(b);
+        return at;
+    };
+    y.o_q8 = take(n(L * y.dq));
+    y.o_sq = take(n(y.np * 16) * 4);
+    y.o_kp = take(n(y.np * 16 * y.dq));
+    y.o_kc = take(n(y.np * 16) * 4);
+    y.o_ks = take(n(y.np * 16) * 4);
+    y.o_vp = take(n(y.nd * 16 * y.lp4));
+    y.o_sv = take(n(y.nd * 16) * 4);
+    y.o_vz = take(n(y.nd * 16) * 4);
+    const std::ptrdiff_t rows = std::min(L, rb);
+    y.o_s = take(n(rows * y.lds) * 4);
+    y.o_p = take(n(rows * y.ldp));
+    y.o_inv = take(n(rows + 16) * 4);  // written 16 at a time
+    y.o_qinv = take(n(y.np * 16) * 4);
+    y.o_kinv = take(n(y.np * 16) * 4);
+    y.bytes = o + 64;  // + alignment of the base
+    return y;
+}
+
+inline float smax(float a, float b) noexcept { return a > b ? a : b; }  // vmaxps(a, b): a NaN operand gives b
+
+/// A rounded float clamped to +-127 as the kernel's vcvtps2dq + vpminsd / vpmaxsd give it (NaN -> INT_MIN -> -127).
+inline std::int32_t clamp127(float q) noexcept {
+    if (!(q > -127.0f)) return -127;
+    return q >= 127.0f ? 127 : static_cast<std::int32_t>(q);
+}
+
+/// 255 * 2^x (x <= ~0): the kernel's operations (vmaxps, vrndscaleps, vsubps, vfmadd, vscalefps).
+inline float exp2_255(float x) noexcept {
+    x = smax(x, -127.0f);
+    const float n = std::nearbyint(x);
+    const float r = x - n;
+    float p = e4;
+    p = std::fma(p, r, e3);
+    p = std::fma(p, r, e2);
+    p = std::fma(p, r, e1);
+    p = std::fma(p, r, e0);
+    return std::ldexp(p, static_cast<int>(n));
+}
+
+/// Row quantization (Q, K): returns the scale amax / 127, writes round(x * 127 / amax) clamped to +-127.
+inline float quantize_row_ref(const float* x, std::ptrdiff_t n, std::int32_t* out) noexcept {
+    float amax = 0.0f;
+    for (std::ptrdiff_t i = 0; i < n; ++i) amax = smax(std::fabs(x[i]), amax);
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    for (std::ptrdiff_t i = 0; i < n; ++i) {
+        out[i] = clamp127(std::nearbyint(x[i] * inv));
+    }
+    return amax / 127.0f;
+}
+
+}  // namespace detail::s8a
+
+/// Bytes of scratch s8_attention_head needs for one head at length L, head size D (any alignment).
+inline std::size_t s8_attention_scratch_bytes(std::size_t L, std::size_t D) noexcept {
+    return detail::s8a::make_layout(static_cast<std::ptrdiff_t>(L), static_cast<std::ptrdiff_t>(D)).bytes;
+}
+
+/// True if s8_attention_head has its fast kernel here (x86 build, AVX-512 F/BW/VL and VNNI).
+inline bool s8_attention_supported(const cpu_features& f = cpu()) noexcept {
+#if defined(BERTLET_S8A_X86)
+    return f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq && f.avx512_vnni;
+#else
+    (void)f;
+    return false;
+#endif
+}
+
+/// Scalar reference of s8_attention_head (the definition in the header comment; same bits as the kernel). Needs no
+/// scratch; allocates (tests and non-VNNI fallback only).
+inline void s8_attention_head_ref(const float* q, const float* k, const float* v, std::ptrdiff_t ld, float* ctx,
+                                  std::ptrdiff_t ldc, std::ptrdiff_t L, std::ptrdiff_t D, float scale) {
+    using namespace detail::s8a;
+    if (L <= 0 || D <= 0) return;
+    const std::size_t l = static_cast<std::size_t>(L), d = static_cast<std::size_t>(D);
+    std::vector<std::int32_t> q8(l * d), k8(l * d), v8(l * d), p(l);
+    std::vector<float> sq(l), ks(l), sv(d);
+    for (std::ptrdiff_t i = 0; i < L; ++i) sq[i] = quantize_row_ref(q + i * ld, D, &q8[i * d]);
+    const float scale2 = scale * log2e;
+    for (std::ptrdiff_t t = 0; t < L; ++t) ks[t] = quantize_row_ref(k + t * ld, D, &k8[t * d]) * scale2;
+    for (std::ptrdiff_t c = 0; c < D; ++c) {
+        float amax = 0.0f;
+        for (std::ptrdiff_t t = 0; t < L; ++t) amax = smax(std::fabs(v[t * ld + c]), amax);
+        const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        sv[c] = amax / 127.0f;
+        for (std::ptrdiff_t t = 0; t < L; ++t) {
+            v8[t * d + c] = clamp127(std::nearbyint(v[t * ld + c] * inv));
+        }
+    }
+    std::vector<float> y(l);
+    for (std::ptrdiff_t i = 0; i < L; ++i) {
+        float m = -INFINITY;
+        for (std::ptrdiff_t t = 0; t < L; ++t) {
+            std::int32_t acc = 0;
+            for (std::ptrdiff_t c = 0; c < D; ++c) acc += q8[i * d + c] * k8[t * d + c];
+            y[t] = static_cast<float>(acc) * (sq[i] * ks[t]);  // gemm_s8's epilogue without bias
+            m = smax(m, y[t]);                                 // vmaxps(max, y)
+        }
+        std::int64_t sum = 0;
+        for (std::ptrdiff_t t = 0; t < L; ++t) {
+            const float e = std::nearbyint(exp2_255(y[t] - m));
+            p[t] = e >= 255.0f ? 255 : e > 0.0f ? static_cast<std::int32_t>(e) : 0;  // e is never NaN (x >= -127)
+            sum += p[t];
+        }
+        const float inv = 1.0f / static_cast<float>(sum);
+        for (std::ptrdiff_t c = 0; c < D; ++c) {
+            std::int32_t acc = 0;
+            for (std::ptrdiff_t t = 0; t < L; ++t) acc += p[t] * v8[t * d + c];
+            ctx[i * ldc + c] = static_cast<float>(acc) * (inv * sv[c]);  // gemm_s8: float(acc) * (sx * sw)
+        }
+    }
+}
+
+#if defined(BERTLET_S8A_X86)
+namespace detail::s8a {
+
+BERTLET_TARGET_S8A inline __mmask16 mask16(std::ptrdiff_t n) {
+    return n >= 16 ? static_cast<__mmask16>(0xFFFF) : n <= 0 ? static_cast<__mmask16>(0) : static_cast<__mmask16>((1u << n) - 1u);
+}
+
+/// Row maximum of |x| over n floats (masked tail).
+BERTLET_TARGET_S8A inline float absmax_row(const float* x, std::ptrdiff_t n) {
+    __m512 m = _mm512_setzero_ps();
+    for (std::ptrdiff_t i = 0; i < n; i += 16) {
+        // vmaxps(|x|, m): a NaN x is skipped, as smax(|x|, amax) in the reference
+        m = _mm512_max_ps(_mm512_abs_ps(_mm512_maskz_loadu_ps(mask16(n - i), x + i)), m);
+    }
+    return avx512::hmax(m);
+}
+
+/// round(x * inv) clamped to +-127, as int32 lanes (NaN -> -127 as in the reference: cvtps gives INT_MIN).
+BERTLET_TARGET_S8A inline __m512i q127(__m512 x, __m512 inv) {
+    const __m512i c = _mm512_cvtps_epi32(_mm512_mul_ps(x, inv));
+    return _mm512_max_epi32(_mm512_min_epi32(c, _mm512_set1_epi32(127)), _mm512_set1_epi32(-127));
+}
+
+BERTLET_TARGET_S8A inline __m512 exp2_255(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-127.0f));
+    const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 r = _mm512_sub_ps(x, n);
+    __m512 p = _mm512_set1_ps(e4);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(e3));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(e2));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(e1));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(e0));
+    return _mm512_scalef_ps(p, n);
+}
+
+/// Quantizes Q (u8 = q8 + 128, rows of dq bytes), K (S8P16K4 panels, corrections, scaled key scales) and V
+/// (S8P16K4 panels over channels, channel scales) into the scratch.
+BERTLET_TARGET_S8A inline void prepare(const layout& y, const float* q, const float* k, const float* v,
+                                       std::ptrdiff_t ld, float scale2, unsigned char* base) {
+    const std::ptrdiff_t L = y.L, D = y.D, dq = y.dq;
+    auto* q8 = base + y.o_q8;
+    auto* sq = reinterpret_cast<float*>(base + y.o_sq);
+    auto* kp = base + y.o_kp;
+    auto* kc = reinterpret_cast<std::int32_t*>(base + y.o_kc);
+    auto* ks = reinterpret_cast<float*>(base + y.o_ks);
+    auto* vp = base + y.o_vp;
+    auto* sv = reinterpret_cast<float*>(base + y.o_sv);
+    std::memset(base + y.o_vz, 0, static_cast<std::size_t>(y.nd * 16) * 4);  // V's row sums: P needs no correction
+    alignas(64) unsigned char row[64];
+    auto* qinv = reinterpret_cast<float*>(base + y.o_qinv);
+    auto* kinv = reinterpret_cast<float*>(base + y.o_kinv);
+    // Q and K (D <= 64 here: heads of BERT-family models; larger D takes the reference path) in three sweeps: row
+    // maxima, then scales and reciprocals 16 rows per vector, then the quantization, so no row waits on its own
+    // horizontal reduction and division (row by row that chain cost ~4 us of the ~14 us of a head)
+    for (std::ptrdiff_t i = 0; i < L; ++i) {
+        qinv[i] = absmax_row(q + i * ld, D);
+        kinv[i] = absmax_row(k + i * ld, D);
+    }
+    const __m512 c127 = _mm512_set1_ps(127.0f), s2 = _mm512_set1_ps(scale2), zero = _mm512_setzero_ps();
+    for (std::ptrdiff_t i = 0; i < y.np * 16; i += 16) {  // arrays hold np * 16 entries: the tail reads zeros
+        const __mmask16 m = mask16(L - i);
+        const __m512 qa = _mm512_maskz_loadu_ps(m, qinv + i), ka = _mm512_maskz_loadu_ps(m, kinv + i);
+        _mm512_storeu_ps(sq + i, _mm512_div_ps(qa, c127));
+        _mm512_storeu_ps(ks + i, _mm512_mul_ps(_mm512_div_ps(ka, c127), s2));  // (amax / 127) * scale2
+        _mm512_storeu_ps(qinv + i, _mm512_maskz_div_ps(_mm512_cmp_ps_mask(qa, zero, _CMP_GT_OQ), c127, qa));
+        _mm512_storeu_ps(kinv + i, _mm512_maskz_div_ps(_mm512_cmp_ps_mask(ka, zero, _CMP_GT_OQ), c127, ka));
+    }
+    for (std::ptrdiff_t i = 0; i < L; ++i) {
+        const float* x = q + i * ld;
+        const __m512 inv = _mm512_set1_ps(qinv[i]);
+        for (std::ptrdiff_t c = 0; c < dq; c += 16) {
+            const __mmask16 m = mask16(D - c);
+            const __m512i v8 = _mm512_add_epi32(q127(_mm512_maskz_loadu_ps(m, x + c), inv), _mm512_set1_epi32(128));
+            _mm_mask_storeu_epi8(q8 + i * dq + c, mask16(dq - c), _mm512_cvtepi32_epi8(v8));
+        }
+    }
+    std::memset(kp, 0, static_cast<std::size_t>(y.np * 16 * dq));
+    for (std::ptrdiff_t t = L; t < y.np * 16; ++t) kc[t] = 0;  // padding keys: zero bytes, sums and scales
+    for (std::ptrdiff_t t = 0; t < L; ++t) {
+        const float* x = k + t * ld;
+        const __m512 inv = _mm512_set1_ps(kinv[t]);
+        __m512i sum = _mm512_setzero_si512();
+        for (std::ptrdiff_t c = 0; c < dq; c += 16) {
+            const __m512i v8 = q127(_mm512_maskz_loadu_ps(mask16(D - c), x + c), inv);
+            sum = _mm512_add_epi32(sum, v8);
+            _mm_store_si128(reinterpret_cast<__m128i*>(row + c), _mm512_cvtepi32_epi8(v8));
+        }
+        kc[t] = _mm512_reduce_add_epi32(sum);  // the row sum: the VNNI kernel starts from -128 times it
+        // dword g of the row (k = 4g .. 4g+3) goes to panel t / 16, group g, slot t % 16
+        unsigned char* dst = kp + (t / 16) * 16 * dq + (t % 16) * 4;
+        for (std::ptrdiff_t g = 0; g < dq / 4; ++g) std::memcpy(dst + 64 * g, row + 4 * g, 4);
+    }
+    // V: channel maxima, then groups of 4 tokens interleaved into dwords (token t % 4 in byte t % 4)
+    for (std::ptrdiff_t dp = 0; dp < y.nd; ++dp) {
+        const std::ptrdiff_t c0 = dp * 16;
+        const __mmask16 m = mask16(D - c0);
+        __m512 amax = _mm512_setzero_ps();
+        for (std::ptrdiff_t t = 0; t < L; ++t)
+            amax = _mm512_max_ps(_mm512_abs_ps(_mm512_maskz_loadu_ps(m, v + t * ld + c0)), amax);
+        _mm512_storeu_ps(sv + c0, _mm512_div_ps(amax, _mm512_set1_ps(127.0f)));
+        const __mmask16 live = _mm512_cmp_ps_mask(amax, _mm512_setzero_ps(), _CMP_GT_OQ);
+        const __m512 inv = _mm512_maskz_div_ps(live, _mm512_set1_ps(127.0f), amax);
+        unsigned char* dst = vp + dp * 16 * y.lp4;
+        const __m512i lo = _mm512_set1_epi32(0xFF);
+        for (std::ptrdiff_t t = 0; t < y.lp4; t += 4) {
+            __m512i b[4];
+            for (int j = 0; j < 4; ++j)
+                b[j] = t + j < L ? q127(_mm512_maskz_loadu_ps(m, v + (t + j) * ld + c0), inv) : _mm512_setzero_si512();
+            const __m512i w = _mm512_or_si512(
+                _mm512_or_si512(_mm512_and_si512(b[0], lo), _mm512_slli_epi32(_mm512_and_si512(b[1], lo), 8)),
+                _mm512_or_si512(_mm512_slli_epi32(_mm512_and_si512(b[2], lo), 16), _mm512_slli_epi32(b[3], 24)));
+            _mm512_storeu_si512(dst + (t / 4) * 64, w);
+        }
+    }
+}
+
+/// One head: prepare, then per block of query rows: S through the int8 GEMM kernel (Q rows as its activations, K as
+/// its packed weights), the softmax into u8 P rows, ctx through the same kernel (P as activations with the row
+/// sums' reciprocals as their scales, V as weights with zero row sums: P is genuinely unsigned).
+BERTLET_TARGET_S8A inline void attention_head(const float* q, const float* k, const float* v, std::ptrdiff_t ld,
+                                              float* ctx, std::ptrdiff_t ldc, std::ptrdiff_t L, std::ptrdiff_t D,
+                                              float scale, void* scratch) {
+    const layout y = make_layout(L, D);
+    auto* base = reinterpret_cast<unsigned char*>((reinterpret_cast<std::uintptr_t>(scratch) + 63) &
+                                                  ~static_cast<std::uintptr_t>(63));
+    prepare(y, q, k, v, ld, scale * log2e, base);
+    const auto u = [](std::ptrdiff_t x) { return static_cast<std::size_t>(x); };
+    packed_s8 kw;
+    kw.data = reinterpret_cast<const std::int8_t*>(base + y.o_kp);
+    kw.scales = reinterpret_cast<const float*>(base + y.o_ks);
+    kw.row_sums = reinterpret_cast<const std::int32_t*>(base + y.o_kc);
+    kw.n = u(L);
+    kw.k = u(D);
+    kw.k_padded = u(y.dq);
+    packed_s8 vw;
+    vw.data = reinterpret_cast<const std::int8_t*>(base + y.o_vp);
+    vw.scales = reinterpret_cast<const float*>(base + y.o_sv);
+    vw.row_sums = reinterpret_cast<const std::int32_t*>(base + y.o_vz);
+    vw.n = u(D);
+    vw.k = u(L);
+    vw.k_padded = u(y.lp4);
+    auto* sq = reinterpret_cast<float*>(base + y.o_sq);
+    auto* s = reinterpret_cast<float*>(base + y.o_s);
+    auto* p8 = base + y.o_p;
+    auto* inv = reinterpret_cast<float*>(base + y.o_inv);
+    for (std::ptrdiff_t i0 = 0; i0 < L; i0 += rb) {
+        const std::ptrdiff_t rows = std::min<std::ptrdiff_t>(rb, L - i0);
+        s8_activations qa;
+        qa.q = base + y.o_q8 + i0 * y.dq;
+        qa.ldq = u(y.dq);
+        qa.sx = sq + i0;
+        qa.M = u(rows);
+        qa.K = u(D);
+        qa.k_padded = u(y.dq);
+        qa.u8 = true;
+        gemm_s8_q(s8_path::avx512_vnni, qa, kw, s8_epilogue{}, s, u(y.lds));
+        // softmax in three sweeps over the block's rows (row maxima, numerators, reciprocal sums), so the horizontal
+        // reductions of different rows overlap instead of each row waiting on its own
+        alignas(64) float mxr[rb];
+        alignas(64) std::int32_t sums[rb + 16];
+        for (std::ptrdiff_t i = 0; i < rows; ++i) {
+            const float* sr = s + i * y.lds;
+            __m512 mx = _mm512_set1_ps(-INFINITY);
+            for (std::ptrdiff_t t = 0; t < L; t += 16) {
+                const __mmask16 m = mask16(L - t);
+                mx = _mm512_mask_max_ps(mx, m, mx, _mm512_maskz_loadu_ps(m, sr + t));
+            }
+            mxr[i] = avx512::hmax(mx);
+        }
+        for (std::ptrdiff_t i = 0; i < rows; ++i) {
+            const float* sr = s + i * y.lds;
+            const __m512 mv = _mm512_set1_ps(mxr[i]);
+            __m512i sum = _mm512_setzero_si512();
+            unsigned char* pr = p8 + i * y.ldp;
+            for (std::ptrdiff_t t = 0; t < y.lp4; t += 16) {
+                const __mmask16 m = mask16(L - t);
+                const __m512 e = exp2_255(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sr + t), mv));
+                // 255 at the row's maximum; the clamp is for safety only (e <= 255 up to rounding)
+                const __m512i pi = _mm512_min_epi32(_mm512_maskz_cvtps_epi32(m, e), _mm512_set1_epi32(255));
+                sum = _mm512_add_epi32(sum, pi);
+                _mm_storeu_si128(reinterpret_cast<__m128i*>(pr + t), _mm512_cvtusepi32_epi8(pi));
+            }
+            sums[i] = _mm512_reduce_add_epi32(sum);
+        }
+        for (std::ptrdiff_t i = 0; i < rows; i += 16)  // 1 / float(sum), 16 rows per vdivps (IEEE: same bits)
+            _mm512_storeu_ps(inv + i, _mm512_div_ps(_mm512_set1_ps(1.0f),
+                                                    _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(mask16(rows - i), sums + i))));
+        s8_activations pa;
+        pa.q = p8;
+        pa.ldq = u(y.ldp);
+        pa.sx = inv;
+        pa.M = u(rows);
+        pa.K = u(L);
+        pa.k_padded = u(y.lp4);
+        pa.u8 = true;
+        gemm_s8_q(s8_path::avx512_vnni, pa, vw, s8_epilogue{}, ctx + i0 * ldc, u(ldc));
+    }
+}
+
+}  // namespace detail::s8a
+#endif  // BERTLET_S8A_X86
+
+/// One attention head of one sequence through int8 (see the header comment): ctx[L, D] (row stride ldc) =
+/// softmax(scale * Q K^T) V with Q, K, V [L, D] (row stride ld). scratch: s8_attention_scratch_bytes(L, D) bytes,
+/// any alignment. Without the fast kernel (s8_attention_supported() false, or D > 64) it runs the reference, which
+/// allocates.
+inline void s8_attention_head(const float* q, const float* k, const float* v, std::ptrdiff_t ld, float* ctx,
+                              std::ptrdiff_t ldc, std::ptrdiff_t L, std::ptrdiff_t D, float scale, void* scratch) {
+    if (L <= 0 || D <= 0) return;
+#if defined(BERTLET_S8A_X86)
+    if (D <= 64 && s8_attention_supported()) return detail::s8a::attention_head(q, k, v, ld, ctx, ldc, L, D, scale, scratch);
+#endif
+    (void)scratch;
+    s8_attention_head_ref(q, k, v, ld, ctx, ldc, L, D, scale);
+}
+
+}  // namespace bertlet
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
