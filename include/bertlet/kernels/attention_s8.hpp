@@ -18,8 +18,8 @@
 // keys, row sums, scales sk * scale * log2 e); then P rows are activations (u8 as they are, scales 1 / row sum) and V
 // a packed weight over channels with tokens as k and zero row sums (P needs no -128 correction). Sums stay far below
 // 2^31 (|acc| <= 255 * 127 * max(L, D)).
-// Accuracy: on STS-B dev (numpy simulation of this scheme on top of the int8 linears) the embeddings move no more
-// than with bf16 attention; docs/INT8.md.
+// Accuracy (the int8 MiniLM against HF fp32, docs/INT8.md): STS-B dev min cosine 0.99616 (bf16 attention 0.99561),
+// test 0.99204 (0.99370); Spearman within 0.1 of fp32 either way.
 //
 // Scratch (s8_attention_scratch_bytes(L, D), any alignment): q8 [L, dq] (dq = D rounded up to 4) and sq; packed K,
 // row sums, scales; packed V, scales, zero row sums; the scores, u8 P rows and reciprocal sums of one block of up to
