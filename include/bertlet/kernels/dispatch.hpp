@@ -86,7 +86,7 @@ inline const kernel_table& kernels_for(isa a) {
 #if defined(BERTLET_HAVE_NEON_PATH)
         case isa::neon: {
             static const kernel_table t{isa::neon, neon::gemm, neon::layernorm, neon::softmax, neon::activate,
-                                        neon::add3, neon::cvt_f16};
+                                        neon::add3, neon::cvt_f16, neon::attention_head};
             return t;
         }
 #endif

@@ -13,10 +13,17 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 
 #include "bertlet/kernels/packed.hpp"
 
 namespace bertlet::detail::neon {
+
+alignas(16) inline constexpr std::uint32_t lane_idx[4] = {0, 1, 2, 3};
+/// All-ones in lanes 0 .. w-1 (w < 4), zero above.
+inline uint32x4_t lanes_below(std::ptrdiff_t w) {
+    return vcltq_u32(vld1q_u32(lane_idx), vdupq_n_u32(static_cast<std::uint32_t>(w)));
+}
 
 /// Loads n (0..4) floats, zero-filling the rest (never reads past p + n).
 inline float32x4_t load_n(const float* p, std::ptrdiff_t n) {
@@ -220,6 +227,127 @@ inline void cvt_f16(float* out, const std::uint16_t* in, std::ptrdiff_t n) {
     std::ptrdiff_t i = 0;
     for (; i + 4 <= n; i += 4) vst1q_f32(out + i, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(in + i))));
     for (; i < n; ++i) out[i] = f16_to_f32(in[i]);
+}
+
+// ---- fused attention (one sequence x one head), as avx2::attention_head with 128-bit vectors -------------------
+// ctx[L, D] = softmax(scale * Q K^T) V for one head, D % 16 == 0. K_h is transposed once into 16-key panels; per tile
+// of up to 6 query rows: S = scale * Q K^T with Q broadcast from its rows (ld1r, no packing), the row max kept while
+// storing, softmax numerators in place (in L1), ctx = S V with V's rows read in place, divided by the row sum at the
+// store. 6 rows x 16 columns = 24 q-register accumulators (+ 4 B, 1 broadcast: 29 of 32 registers).
+
+/// kp[(p * D + d) * 16 + j] = k[(16 p + j) * ldk + d] (keys past L read as 0).
+inline void attn_pack_k(const float* k, std::ptrdiff_t ldk, std::ptrdiff_t L, std::ptrdiff_t D, float* kp) {
+    for (std::ptrdiff_t p = 0; p * 16 < L; ++p) {
+        const std::ptrdiff_t nk = std::min<std::ptrdiff_t>(16, L - p * 16);
+        float* out = kp + p * D * 16;
+        for (std::ptrdiff_t j = 0; j < 16; ++j) {
+            if (j < nk) {
+                const float* src = k + (p * 16 + j) * ldk;
+                for (std::ptrdiff_t d = 0; d < D; ++d) out[d * 16 + j] = src[d];
+            } else {
+                for (std::ptrdiff_t d = 0; d < D; ++d) out[d * 16 + j] = 0.0f;
+            }
+        }
+    }
+}
+
+/// acc[i][h] = sum_{k < n} a_i[k] * B[k][4h .. 4h+4), a_i = row i of A (stride lda; rows past `rows` repeat the last
+/// one, not stored), B[k] the 16 floats at b + k * bstep. Local accumulators, copied out once (as avx2::attn_acc).
+template <int MR>
+inline void attn_acc(const float* a0, std::ptrdiff_t lda, int rows, const float* b, std::ptrdiff_t bstep,
+                     std::ptrdiff_t n, float32x4_t (&out)[MR][4]) {
+    const float* a[MR];
+    float32x4_t acc[MR][4];
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+        a[i] = a0 + std::min(i, rows - 1) * lda;
+#pragma GCC unroll 4
+        for (int h = 0; h < 4; ++h) acc[i][h] = vdupq_n_f32(0.0f);
+    }
+    for (std::ptrdiff_t k = 0; k < n; ++k) {
+        const float* bk = b + k * bstep;
+        const float32x4_t v0 = vld1q_f32(bk), v1 = vld1q_f32(bk + 4), v2 = vld1q_f32(bk + 8), v3 = vld1q_f32(bk + 12);
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; ++i) {
+            const float32x4_t av = vld1q_dup_f32(a[i] + k);
+            acc[i][0] = vfmaq_f32(acc[i][0], av, v0);
+            acc[i][1] = vfmaq_f32(acc[i][1], av, v1);
+            acc[i][2] = vfmaq_f32(acc[i][2], av, v2);
+            acc[i][3] = vfmaq_f32(acc[i][3], av, v3);
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+        for (int h = 0; h < 4; ++h) out[i][h] = acc[i][h];
+}
+
+template <int MR>
+inline void attn_rows(const float* q, std::ptrdiff_t ldq, const float* v, std::ptrdiff_t ldv, int rows,
+                      const float* kp, std::ptrdiff_t L, std::ptrdiff_t D, float scale, float* s, std::ptrdiff_t lds,
+                      float* c, std::ptrdiff_t ldc) {
+    float mx[MR];
+    for (int i = 0; i < MR; ++i) mx[i] = -INFINITY;
+    for (std::ptrdiff_t p = 0; p * 16 < L; ++p) {  // S = scale * Q K^T, 16 keys at a time
+        float32x4_t acc[MR][4];
+        attn_acc<MR>(q, ldq, rows, kp + p * 16 * D, 16, D, acc);
+#pragma GCC unroll 4
+        for (int h = 0; h < 4; ++h) {
+            const std::ptrdiff_t w = L - p * 16 - h * 4;  // valid keys in this quarter
+            if (w <= 0) break;
+#pragma GCC unroll 8
+            for (int i = 0; i < MR; ++i) {
+                if (i >= rows) break;
+                const float32x4_t y = vmulq_n_f32(acc[i][h], scale);
+                store_n(s + i * lds + p * 16 + h * 4, y, w);
+                // the key padding of a partial quarter must not raise the max
+                mx[i] = std::max(mx[i], vmaxvq_f32(w >= 4 ? y : vbslq_f32(lanes_below(w), y, vdupq_n_f32(-INFINITY))));
+            }
+        }
+    }
+    float inv[MR];
+    for (int i = 0; i < rows; ++i) {  // softmax numerators in place; 1 / row sum applied in the P V store
+        float* xr = s + i * lds;
+        const float32x4_t mv = vdupq_n_f32(mx[i]);
+        float32x4_t sum = vdupq_n_f32(0.0f);
+        for (std::ptrdiff_t c0 = 0; c0 < L; c0 += 4) {
+            const std::ptrdiff_t w = L - c0;
+            float32x4_t e = exp_ps(vsubq_f32(load_n(xr + c0, w), mv));
+            if (w < 4) e = vbslq_f32(lanes_below(w), e, vdupq_n_f32(0.0f));
+            sum = vaddq_f32(sum, e);
+            store_n(xr + c0, e, w);
+        }
+        inv[i] = 1.0f / vaddvq_f32(sum);
+    }
+    for (std::ptrdiff_t d0 = 0; d0 < D; d0 += 16) {  // ctx = S V, 16 output dims at a time
+        float32x4_t acc[MR][4];
+        attn_acc<MR>(s, lds, rows, v + d0, ldv, L, acc);
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; ++i) {
+            if (i >= rows) break;
+#pragma GCC unroll 4
+            for (int h = 0; h < 4; ++h) vst1q_f32(c + i * ldc + d0 + 4 * h, vmulq_n_f32(acc[i][h], inv[i]));
+        }
+    }
+}
+
+/// One head of one sequence: ctx = softmax(scale * q k^T) v; q, k, v are [L, D] with row stride ld, ctx has row
+/// stride ldc. D % 16 == 0; scratch holds attention_scratch_floats(L, D) floats (packed.hpp).
+inline void attention_head(const float* q, const float* k, const float* v, std::ptrdiff_t ld, float* ctx,
+                           std::ptrdiff_t ldc, std::ptrdiff_t L, std::ptrdiff_t D, float scale, float* scratch) {
+    if (L <= 0) return;
+    float* kp = scratch;
+    const std::ptrdiff_t lds = (L + 15) / 16 * 16;
+    float* s = kp + lds * D;
+    attn_pack_k(k, ld, L, D, kp);
+    for (std::ptrdiff_t q0 = 0; q0 < L; q0 += 6) {
+        const int rows = static_cast<int>(std::min<std::ptrdiff_t>(6, L - q0));
+        const float* qr = q + q0 * ld;
+        float* cr = ctx + q0 * ldc;
+        if (rows > 4) attn_rows<6>(qr, ld, v, ld, rows, kp, L, D, scale, s, lds, cr, ldc);
+        else if (rows > 2) attn_rows<4>(qr, ld, v, ld, rows, kp, L, D, scale, s, lds, cr, ldc);
+        else attn_rows<2>(qr, ld, v, ld, rows, kp, L, D, scale, s, lds, cr, ldc);
+    }
 }
 
 }  // namespace bertlet::detail::neon
