@@ -772,6 +772,12 @@ TEST_CASE("all-MiniLM-L6-v2 int8: loads in place, verifies and stays close to th
         if (mode != 0 && !e.model_encoder().bf16_attention() && !e.model_encoder().int8_attention())
             continue;  // same as the fp32-attention run
         const auto got = e.embed_batch(texts);
+        if (mode == 2) {  // int8 attention on a pool: per-(sequence, head) tasks, the same bits as one thread
+            bertlet::load_options l2 = lo;
+            l2.threads = 2;
+            l2.verify = false;
+            CHECK(bertlet::embedder::load(path, l2).embed_batch(texts) == got);
+        }
         for (std::size_t i = 0; i < gold.size(); ++i) {
             double dot = 0, na = 0, nb = 0;
             for (std::size_t k = 0; k < 384; ++k) {
