@@ -200,14 +200,15 @@ void bm_fused(benchmark::State& st, int kind) {
     const float* k = qkv.data() + H + 2 * D;
     const float* v = qkv.data() + 2 * H + 2 * D;
     std::vector<float> ctx(std::size_t(L * H));
-    const std::size_t nb = std::max({bertlet::s8_attention_scratch_bytes(L, D), bertlet::bf16_attention_scratch_bytes(L, D),
-                                     bd::attention_scratch_floats(L, D) * 4});
+    const std::size_t nb = std::max({bertlet::s8_attention_scratch_bytes(L, D),
+                                     bertlet::bf16_attention_scratch_bytes(L, D), bd::attention_scratch_floats(L, D) * 4});
     std::vector<unsigned char> scratch(nb);
     const float scale = 1.0f / std::sqrt(float(D));
     for (auto _ : st) {
-        if (kind == 0) kt.attention(q, k, v, LDQKV, ctx.data() + 2 * D, H, L, D, scale, reinterpret_cast<float*>(scratch.data()));
-        else if (kind == 1) bertlet::bf16_attention_head(q, k, v, LDQKV, ctx.data() + 2 * D, H, L, D, scale, scratch.data());
-        else bertlet::s8_attention_head(q, k, v, LDQKV, ctx.data() + 2 * D, H, L, D, scale, scratch.data());
+        float* c = ctx.data() + 2 * D;
+        if (kind == 0) kt.attention(q, k, v, LDQKV, c, H, L, D, scale, reinterpret_cast<float*>(scratch.data()));
+        else if (kind == 1) bertlet::bf16_attention_head(q, k, v, LDQKV, c, H, L, D, scale, scratch.data());
+        else bertlet::s8_attention_head(q, k, v, LDQKV, c, H, L, D, scale, scratch.data());
         benchmark::DoNotOptimize(ctx.data());
         benchmark::ClobberMemory();
     }

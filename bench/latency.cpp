@@ -271,6 +271,11 @@ int peak_mode() {
     return 0;
 }
 
+const char* attention_kind(const bertlet::embedder& m) {
+    if (m.model_encoder().int8_attention()) return "int8";
+    return m.model_encoder().bf16_attention() ? "bf16" : "fp32";
+}
+
 void usage() {
     std::cerr << "usage: bertlet-latency --model FILE [--seq 16,128] [--batch 1,32] [--threads N] [--min-iters N]\n"
                  "         [--max-iters N] [--min-time S] [--max-time S] [--warmup-iters N] [--warmup-time S]\n"
@@ -343,8 +348,7 @@ int main(int argc, char** argv) {
             ",\"isa\":" + json_str(isa_string()) + ",\"threads_requested\":" + std::to_string(threads) +
             ",\"threads_used\":" + std::to_string(th.used) + ",\"threads_wired\":" + json_str(th.wired) +
             ",\"load_ms\":" + num(load_ms) + ",\"compile_flags\":" + json_str(BERTLET_COMPILE_FLAGS) +
-            ",\"attention\":" +
-            json_str(m.model_encoder().int8_attention() ? "int8" : m.model_encoder().bf16_attention() ? "bf16" : "fp32");
+            ",\"attention\":" + json_str(attention_kind(m));
         if (info_only) {  // also the seq-16 input ids, so compare.py can assert every system gets the same ones
             std::string ids;
             for (const auto id : sequence_of(m, 16)) ids += (ids.empty() ? "" : ",") + std::to_string(id);

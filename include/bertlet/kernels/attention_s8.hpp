@@ -200,7 +200,8 @@ inline void s8_attention_head_ref(const float* q, const float* k, const float* v
 namespace detail::s8a {
 
 BERTLET_TARGET_S8A inline __mmask16 mask16(std::ptrdiff_t n) {
-    return n >= 16 ? static_cast<__mmask16>(0xFFFF) : n <= 0 ? static_cast<__mmask16>(0) : static_cast<__mmask16>((1u << n) - 1u);
+    if (n >= 16) return static_cast<__mmask16>(0xFFFF);
+    return n <= 0 ? static_cast<__mmask16>(0) : static_cast<__mmask16>((1u << n) - 1u);
 }
 
 /// Row maximum of |x| over n floats (masked tail).
@@ -312,6 +313,20 @@ BERTLET_TARGET_S8A inline void prepare(const layout& y, const float* q, const fl
     }
 }
 
+/// rows u8 bytes (the VNNI form) of K values each (stride ld, k padded to 4) with per-row scales, as gemm_s8's
+/// activations.
+inline s8_activations u8_rows(unsigned char* q, std::ptrdiff_t ld, float* sx, std::ptrdiff_t rows, std::ptrdiff_t K) {
+    s8_activations a;
+    a.q = q;
+    a.ldq = static_cast<std::size_t>(ld);
+    a.sx = sx;
+    a.M = static_cast<std::size_t>(rows);
+    a.K = static_cast<std::size_t>(K);
+    a.k_padded = s8_pad_k(a.K);
+    a.u8 = true;
+    return a;
+}
+
 /// One head: prepare, then per block of query rows: S through the int8 GEMM kernel (Q rows as its activations, K as
 /// its packed weights), the softmax into u8 P rows, ctx through the same kernel (P as activations with the row
 /// sums' reciprocals as their scales, V as weights with zero row sums: P is genuinely unsigned).
@@ -343,14 +358,7 @@ BERTLET_TARGET_S8A inline void attention_head(const float* q, const float* k, co
     auto* inv = reinterpret_cast<float*>(base + y.o_inv);
     for (std::ptrdiff_t i0 = 0; i0 < L; i0 += rb) {
         const std::ptrdiff_t rows = std::min<std::ptrdiff_t>(rb, L - i0);
-        s8_activations qa;
-        qa.q = base + y.o_q8 + i0 * y.dq;
-        qa.ldq = u(y.dq);
-        qa.sx = sq + i0;
-        qa.M = u(rows);
-        qa.K = u(D);
-        qa.k_padded = u(y.dq);
-        qa.u8 = true;
+        const s8_activations qa = u8_rows(base + y.o_q8 + i0 * y.dq, y.dq, sq + i0, rows, D);
         gemm_s8_q(s8_path::avx512_vnni, qa, kw, s8_epilogue{}, s, u(y.lds));
         // softmax in three sweeps over the block's rows (row maxima, numerators, reciprocal sums), so the horizontal
         // reductions of different rows overlap instead of each row waiting on its own
@@ -380,18 +388,11 @@ BERTLET_TARGET_S8A inline void attention_head(const float* q, const float* k, co
             }
             sums[i] = _mm512_reduce_add_epi32(sum);
         }
-        for (std::ptrdiff_t i = 0; i < rows; i += 16)  // 1 / float(sum), 16 rows per vdivps (IEEE: same bits)
-            _mm512_storeu_ps(inv + i, _mm512_div_ps(_mm512_set1_ps(1.0f),
-                                                    _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(mask16(rows - i), sums + i))));
-        s8_activations pa;
-        pa.q = p8;
-        pa.ldq = u(y.ldp);
-        pa.sx = inv;
-        pa.M = u(rows);
-        pa.K = u(L);
-        pa.k_padded = u(y.lp4);
-        pa.u8 = true;
-        gemm_s8_q(s8_path::avx512_vnni, pa, vw, s8_epilogue{}, ctx + i0 * ldc, u(ldc));
+        for (std::ptrdiff_t i = 0; i < rows; i += 16) {  // 1 / float(sum), 16 rows per vdivps (IEEE: same bits)
+            const __m512 sm = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(mask16(rows - i), sums + i));
+            _mm512_storeu_ps(inv + i, _mm512_div_ps(_mm512_set1_ps(1.0f), sm));
+        }
+        gemm_s8_q(s8_path::avx512_vnni, u8_rows(p8, y.ldp, inv, rows, L), vw, s8_epilogue{}, ctx + i0 * ldc, u(ldc));
     }
 }
 
@@ -406,7 +407,8 @@ inline void s8_attention_head(const float* q, const float* k, const float* v, st
                               std::ptrdiff_t ldc, std::ptrdiff_t L, std::ptrdiff_t D, float scale, void* scratch) {
     if (L <= 0 || D <= 0) return;
 #if defined(BERTLET_S8A_X86)
-    if (D <= 64 && s8_attention_supported()) return detail::s8a::attention_head(q, k, v, ld, ctx, ldc, L, D, scale, scratch);
+    if (D <= 64 && s8_attention_supported())
+        return detail::s8a::attention_head(q, k, v, ld, ctx, ldc, L, D, scale, scratch);
 #endif
     (void)scratch;
     s8_attention_head_ref(q, k, v, ld, ctx, ldc, L, D, scale);

@@ -301,31 +301,17 @@ inline float s8_max(float a, float b) noexcept { return a > b ? a : b; }  // vma
 /// GELU (erf form) of the int8 epilogue, every path: GELU(v) = 0.5 v + a g(a), a = |v|, g(a) ~ 0.5 erf(a / sqrt 2)
 /// piecewise quartic: a clamped to s8_gelu_amax, k = round(a S) in 0..15 (an FMA with 1.5 * 2^23 leaves k in the low
 /// mantissa bits), t = a S - k in [-0.5, 0.5], g = c0[k] + t (c1[k] + t (c2[k] + t (c3[k] + t c4[k]))) (Horner, FMAs).
-/// The table is avx512.hpp's fp32 GELU table (tools/fit_gelu_exp.py, scheme "avx512": minimax, g(0) = 0, g = 0.5
-/// exactly at the clamp, so GELU(v) = v or exactly 0 beyond it); |error| <= 3.7e-7 and <= 7.9e-8 (1 + |v|) on
-/// [-12, 12] (the former erf_ps rational form: 2.2e-7 (1 + |v|), with a division). What matters here is its cost:
-/// on Zen 4 the epilogue's FMAs and multiplies take the pipes of vpdpbusd (one zmm of either per cycle) while vpermps
-/// does not; this form is 6 FMA-class operations per vector (the erf form ~16 and a division): 17 -> 9 cycles per
-/// vector next to vpdpbusd in a micro-benchmark, and the FFN GEMM with its GELU (128 x 384 x 1536) 405 -> 385 us.
+/// The table is packed.hpp's gelu16_c, also the AVX-512 fp32 GELU's (tools/fit_gelu_exp.py, scheme "avx512":
+/// minimax, g(0) = 0, g = 0.5 exactly at the clamp, so GELU(v) = v or exactly 0 beyond it); |error| <= 3.7e-7 and
+/// <= 7.9e-8 (1 + |v|) on [-12, 12] (the former erf_ps rational form: 2.2e-7 (1 + |v|), with a division). What
+/// matters here is its cost: on Zen 4 the epilogue's FMAs and multiplies take the pipes of vpdpbusd (one zmm of either
+/// per cycle) while vpermps does not; this form is 6 FMA-class operations per vector (the erf form ~16 and a
+/// division): 17 -> 9 cycles per vector next to vpdpbusd in a micro-benchmark, and the FFN GEMM with its GELU
+/// (128 x 384 x 1536) 405 -> 385 us.
 /// NaN -> NaN, +inf -> +inf, -inf -> NaN.
-inline constexpr float s8_gelu_s = 2.7399683f;     // 15.5 / 5.657: amax S < 15.5, so k <= 15
-inline constexpr float s8_gelu_amax = 5.6569996f;
-alignas(64) inline constexpr float s8_gelu_c[5][16] = {  // [coefficient of t^j][piece k]
-    {0.0f, 0.14243224f, 0.26728517f, 0.36322048f, 0.42783722f, 0.46598732f, 0.48573086f, 0.49468717f, 0.4982484f,
-     0.49948958f, 0.49986872f, 0.49997023f, 0.49999407f, 0.49999896f, 0.49999985f, 0.5f},
-    {0.14560078f, 0.13621892f, 0.11154938f, 0.07995562f, 0.05016281f, 0.027546331f, 0.0132401325f, 0.005570121f,
-     0.002051054f, 0.0006610368f, 0.00018646853f, 4.6037476e-05f, 9.948039e-06f, 1.8813814e-06f, 3.1140257e-07f,
-     4.5109225e-08f},
-    {5.38123e-06f, -0.009072028f, -0.014858227f, -0.015975004f, -0.013363374f, -0.009173037f, -0.005290902f,
-     -0.002596916f, -0.0010928841f, -0.0003962691f, -0.00012420716f, -3.3734083e-05f, -7.952664e-06f, -1.6294829e-06f,
-     -2.9048454e-07f, -4.509011e-08f},
-    {-0.0032649853f, -0.0026073866f, -0.0011565475f, 0.00034277936f, 0.0012476294f, 0.0014173847f, 0.0011138328f,
-     0.0006850924f, 0.00034497763f, 0.00014535208f, 5.1884024e-05f, 1.5813217e-05f, 4.1368303e-06f, 9.323918e-07f,
-     1.8155535e-07f, 3.0606223e-08f},
-    {7.799305e-05f, 0.00028603573f, 0.0004039292f, 0.00031786837f, 0.00012937216f, -3.218569e-05f, -0.00010429961f,
-     -0.000101233425f, -6.707869e-05f, -3.446423e-05f, -1.4389127e-05f, -4.9960645e-06f, -1.4620272e-06f,
-     -3.6368405e-07f, -7.735179e-08f, -1.4125928e-08f},
-};
+inline constexpr float s8_gelu_s = gelu16_s;  // packed.hpp: the table of avx512::gelu_erf_ps as well
+inline constexpr float s8_gelu_amax = gelu16_amax;
+inline constexpr const auto& s8_gelu_c = gelu16_c;
 inline constexpr float s8_gelu_magic = 12582912.0f;  // 1.5 * 2^23
 
 inline float s8_gelu_scalar(float v) noexcept {

@@ -235,22 +235,6 @@ inline void cvt_f16(float* out, const std::uint16_t* in, std::ptrdiff_t n) {
 // storing, softmax numerators in place (in L1), ctx = S V with V's rows read in place, divided by the row sum at the
 // store. 6 rows x 16 columns = 24 q-register accumulators (+ 4 B, 1 broadcast: 29 of 32 registers).
 
-/// kp[(p * D + d) * 16 + j] = k[(16 p + j) * ldk + d] (keys past L read as 0).
-inline void attn_pack_k(const float* k, std::ptrdiff_t ldk, std::ptrdiff_t L, std::ptrdiff_t D, float* kp) {
-    for (std::ptrdiff_t p = 0; p * 16 < L; ++p) {
-        const std::ptrdiff_t nk = std::min<std::ptrdiff_t>(16, L - p * 16);
-        float* out = kp + p * D * 16;
-        for (std::ptrdiff_t j = 0; j < 16; ++j) {
-            if (j < nk) {
-                const float* src = k + (p * 16 + j) * ldk;
-                for (std::ptrdiff_t d = 0; d < D; ++d) out[d * 16 + j] = src[d];
-            } else {
-                for (std::ptrdiff_t d = 0; d < D; ++d) out[d * 16 + j] = 0.0f;
-            }
-        }
-    }
-}
-
 /// acc[i][h] = sum_{k < n} a_i[k] * B[k][4h .. 4h+4), a_i = row i of A (stride lda; rows past `rows` repeat the last
 /// one, not stored), B[k] the 16 floats at b + k * bstep. Local accumulators, copied out once (as avx2::attn_acc).
 template <int MR>
@@ -339,7 +323,7 @@ inline void attention_head(const float* q, const float* k, const float* v, std::
     float* kp = scratch;
     const std::ptrdiff_t lds = (L + 15) / 16 * 16;
     float* s = kp + lds * D;
-    attn_pack_k(k, ld, L, D, kp);
+    attn_pack_k16(k, ld, L, D, kp);  // packed.hpp
     for (std::ptrdiff_t q0 = 0; q0 < L; q0 += 6) {
         const int rows = static_cast<int>(std::min<std::ptrdiff_t>(6, L - q0));
         const float* qr = q + q0 * ld;

@@ -193,6 +193,47 @@ constexpr std::size_t attention_scratch_floats(std::size_t L, std::size_t D) noe
     return (L + 15) / 16 * 16 * D + 16 * ((L + 15) / 16 * 16) + 16;
 }
 
+/// K_h of one attention head as 16-key panels for the fused attention kernels: kp[(p * D + d) * 16 + j] =
+/// k[(16 p + j) * ldk + d] (keys past L read as 0). Scalar (the AVX2 and NEON kernels use it; AVX-512 has a
+/// transposing one); ~1 % of a forward either way.
+inline void attn_pack_k16(const float* k, std::ptrdiff_t ldk, std::ptrdiff_t L, std::ptrdiff_t D, float* kp) {
+    for (std::ptrdiff_t p = 0; p * 16 < L; ++p) {
+        const std::ptrdiff_t nk = std::min<std::ptrdiff_t>(16, L - p * 16);
+        float* out = kp + p * D * 16;
+        for (std::ptrdiff_t j = 0; j < 16; ++j) {
+            if (j < nk) {
+                const float* src = k + (p * 16 + j) * ldk;
+                for (std::ptrdiff_t d = 0; d < D; ++d) out[d * 16 + j] = src[d];
+            } else {
+                for (std::ptrdiff_t d = 0; d < D; ++d) out[d * 16 + j] = 0.0f;
+            }
+        }
+    }
+}
+
+/// GELU (erf form) as 0.5 v + |v| g(|v|), g(a) ~ 0.5 erf(a / sqrt 2) piecewise quartic over 16 pieces: a clamped to
+/// gelu16_amax, k = round(a S) in 0..15, t = a S - k, g = Horner over gelu16_c[j][k] (tools/fit_gelu_exp.py, scheme
+/// "avx512"; g(0) = 0, g = 0.5 exactly at the clamp). Used by the AVX-512 fp32 GELU (avx512::gelu_erf_ps) and by
+/// every int8 epilogue path (gemm_s8.hpp, bit for bit).
+inline constexpr float gelu16_s = 2.7399683f;  // 15.5 / 5.657: gelu16_amax * gelu16_s < 15.5, so k <= 15
+inline constexpr float gelu16_amax = 5.6569996f;
+alignas(64) inline constexpr float gelu16_c[5][16] = {  // [coefficient of t^j][piece k]
+    {0.0f, 0.14243224f, 0.26728517f, 0.36322048f, 0.42783722f, 0.46598732f, 0.48573086f, 0.49468717f, 0.4982484f,
+     0.49948958f, 0.49986872f, 0.49997023f, 0.49999407f, 0.49999896f, 0.49999985f, 0.5f},
+    {0.14560078f, 0.13621892f, 0.11154938f, 0.07995562f, 0.05016281f, 0.027546331f, 0.0132401325f, 0.005570121f,
+     0.002051054f, 0.0006610368f, 0.00018646853f, 4.6037476e-05f, 9.948039e-06f, 1.8813814e-06f, 3.1140257e-07f,
+     4.5109225e-08f},
+    {5.38123e-06f, -0.009072028f, -0.014858227f, -0.015975004f, -0.013363374f, -0.009173037f, -0.005290902f,
+     -0.002596916f, -0.0010928841f, -0.0003962691f, -0.00012420716f, -3.3734083e-05f, -7.952664e-06f, -1.6294829e-06f,
+     -2.9048454e-07f, -4.509011e-08f},
+    {-0.0032649853f, -0.0026073866f, -0.0011565475f, 0.00034277936f, 0.0012476294f, 0.0014173847f, 0.0011138328f,
+     0.0006850924f, 0.00034497763f, 0.00014535208f, 5.1884024e-05f, 1.5813217e-05f, 4.1368303e-06f, 9.323918e-07f,
+     1.8155535e-07f, 3.0606223e-08f},
+    {7.799305e-05f, 0.00028603573f, 0.0004039292f, 0.00031786837f, 0.00012937216f, -3.218569e-05f, -0.00010429961f,
+     -0.000101233425f, -6.707869e-05f, -3.446423e-05f, -1.4389127e-05f, -4.9960645e-06f, -1.4620272e-06f,
+     -3.6368405e-07f, -7.735179e-08f, -1.4125928e-08f},
+};
+
 /// Traits may bring their own A packer (same contract as pack_a_panel<MR>), e.g. with SIMD transposes.
 template <class T, class = void>
 struct has_fast_pack : std::false_type {};
