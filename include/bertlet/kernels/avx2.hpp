@@ -348,6 +348,19 @@ BERTLET_TARGET_AVX2 inline void layernorm(float* x, const float* residual, std::
     }
 }
 
+/// Softmax numerators of one row in place: x[i] = exp(x[i] - mx) for i < n; returns their sum.
+BERTLET_TARGET_AVX2 inline float exp_row(float* x, std::ptrdiff_t n, float mx) {
+    const __m256 mv = _mm256_set1_ps(mx);
+    __m256 s = _mm256_setzero_ps();
+    for (std::ptrdiff_t i = 0; i < n; i += 8) {
+        const __m256 m = _mm256_castsi256_ps(lane_mask(n - i));
+        const __m256 e = _mm256_and_ps(m, exp_ps(_mm256_sub_ps(load_n(x + i, n - i), mv)));
+        s = _mm256_add_ps(s, e);
+        store_n(x + i, e, n - i);
+    }
+    return hsum(s);
+}
+
 BERTLET_TARGET_AVX2 inline void softmax(float* x, std::ptrdiff_t rows, std::ptrdiff_t n, std::ptrdiff_t ld) {
     const __m256 ninf = _mm256_set1_ps(-INFINITY);
     for (std::ptrdiff_t r = 0; r < rows; ++r) {
@@ -357,15 +370,7 @@ BERTLET_TARGET_AVX2 inline void softmax(float* x, std::ptrdiff_t rows, std::ptrd
             const __m256 m = _mm256_castsi256_ps(lane_mask(n - i));
             mx = _mm256_max_ps(mx, _mm256_blendv_ps(ninf, load_n(xr + i, n - i), m));
         }
-        const __m256 mv = _mm256_set1_ps(hmax(mx));
-        __m256 s = _mm256_setzero_ps();
-        for (std::ptrdiff_t i = 0; i < n; i += 8) {
-            const __m256 m = _mm256_castsi256_ps(lane_mask(n - i));
-            const __m256 e = _mm256_and_ps(m, exp_ps(_mm256_sub_ps(load_n(xr + i, n - i), mv)));
-            s = _mm256_add_ps(s, e);
-            store_n(xr + i, e, n - i);
-        }
-        const __m256 iv = _mm256_set1_ps(1.0f / hsum(s));
+        const __m256 iv = _mm256_set1_ps(1.0f / exp_row(xr, n, hmax(mx)));
         for (std::ptrdiff_t i = 0; i < n; i += 8) store_n(xr + i, _mm256_mul_ps(load_n(xr + i, n - i), iv), n - i);
     }
 }
@@ -450,18 +455,8 @@ BERTLET_TARGET_AVX2 inline void attn_rows(const float* q, std::ptrdiff_t ldq, co
         }
     }
     float inv[MR];
-    for (int i = 0; i < rows; ++i) {  // softmax numerators in place; 1 / row sum applied in the P V store
-        float* xr = s + i * lds;
-        const __m256 mv = _mm256_set1_ps(hmax(mx[i]));
-        __m256 sum = _mm256_setzero_ps();
-        for (std::ptrdiff_t c0 = 0; c0 < L; c0 += 8) {
-            const __m256 m = _mm256_castsi256_ps(lane_mask(L - c0));
-            const __m256 e = _mm256_and_ps(m, exp_ps(_mm256_sub_ps(load_n(xr + c0, L - c0), mv)));
-            sum = _mm256_add_ps(sum, e);
-            store_n(xr + c0, e, L - c0);
-        }
-        inv[i] = 1.0f / hsum(sum);
-    }
+    for (int i = 0; i < rows; ++i)  // softmax numerators in place; 1 / row sum applied in the P V store
+        inv[i] = 1.0f / exp_row(s + i * lds, L, hmax(mx[i]));
     for (std::ptrdiff_t d0 = 0; d0 < D; d0 += 16) {  // ctx = S V, 16 output dims at a time
         __m256 acc[MR][2];
         attn_acc<MR>(s, lds, rows, v + d0, ldv, L, acc);
