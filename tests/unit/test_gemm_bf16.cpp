@@ -370,7 +370,7 @@ TEST_CASE("bf16: sub-ranges and thread splits give bit-identical results") {
                                    pcuts[j], pcuts[j + 1], scratch.data() + 3);
         CHECK(std::memcmp(part.data(), full.data(), full.size() * 4) == 0);
         // the pool driver, 2 and 3 threads
-        for (std::size_t threads : {2u, 3u}) {
+        for (std::size_t threads : {2u, 3u, 9u}) {  // 2, 3: row splits; 9 (< 48 rows each): a panel split
             bertlet::detail::thread_pool pool(threads);
             const std::size_t stride = bertlet::gemm_bf16_scratch_bytes();
             std::vector<unsigned char> ps(stride * threads);

@@ -9,6 +9,7 @@
 
 #include "test_attention_ref.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstring>
@@ -168,33 +169,74 @@ TEST_CASE("kernels: GEMM results do not depend on the thread count (bit-identica
     for (auto a : bd::available_isas()) {
         CAPTURE(bertlet::isa_name(a));
         const auto& kt = bd::kernels_for(a);
-        const std::ptrdiff_t M = 400, N = 200, K = 600;  // several row blocks and K blocks
-        auto A = rand_vec(M * K, 5);
-        auto W = rand_vec(N * K, 6);
-        auto bias = rand_vec(N, 7);
-        std::vector<float> Wp(bd::packed_n16_size(N, K));
-        bd::pack_n16(W.data(), N, K, K, Wp.data());
-        std::vector<std::vector<float>> outs;
-        for (std::size_t threads : {1u, 2u, 3u, 5u}) {
-            std::vector<float> C(M * N);
-            bd::gemm_args g;
-            g.a = A.data();
-            g.lda = K;
-            g.b = Wp.data();
-            g.c = C.data();
-            g.ldc = N;
-            g.m = M;
-            g.n = N;
-            g.k = K;
-            g.ep.bias = bias.data();
-            g.ep.act = bd::activation::gelu_erf;
-            bd::thread_pool pool(threads);
-            std::vector<float> scratch(bd::gemm_scratch_floats() * threads);
-            bd::gemm_parallel(kt, &pool, g, scratch.data(), bd::gemm_scratch_floats());
-            outs.push_back(C);
+        // M = 400: several row blocks and a row split; M = 70: a panel split for 2+ threads (plan_gemm_split)
+        for (const std::ptrdiff_t M : {std::ptrdiff_t{400}, std::ptrdiff_t{70}}) {
+            CAPTURE(M);
+            const std::ptrdiff_t N = 200, K = 600;  // several K blocks
+            auto A = rand_vec(M * K, 5);
+            auto W = rand_vec(N * K, 6);
+            auto bias = rand_vec(N, 7);
+            std::vector<float> Wp(bd::packed_n16_size(N, K));
+            bd::pack_n16(W.data(), N, K, K, Wp.data());
+            std::vector<std::vector<float>> outs;
+            for (std::size_t threads : {1u, 2u, 3u, 5u}) {
+                std::vector<float> C(M * N);
+                bd::gemm_args g;
+                g.a = A.data();
+                g.lda = K;
+                g.b = Wp.data();
+                g.c = C.data();
+                g.ldc = N;
+                g.m = M;
+                g.n = N;
+                g.k = K;
+                g.ep.bias = bias.data();
+                g.ep.act = bd::activation::gelu_erf;
+                bd::thread_pool pool(threads);
+                std::vector<float> scratch(bd::gemm_scratch_floats() * threads);
+                bd::gemm_parallel(kt, &pool, g, scratch.data(), bd::gemm_scratch_floats());
+                outs.push_back(C);
+            }
+            for (std::size_t i = 1; i < outs.size(); ++i) CHECK(outs[i] == outs[0]);
         }
-        for (std::size_t i = 1; i < outs.size(); ++i) CHECK(outs[i] == outs[0]);
     }
+}
+
+TEST_CASE("kernels: plan_gemm_split covers every row x panel exactly once") {
+    for (std::ptrdiff_t T : {1, 2, 3, 4, 8})
+        for (std::ptrdiff_t m : {1, 5, 47, 95, 96, 128, 130, 383, 512, 769, 4096})
+            for (std::ptrdiff_t np : {1, 2, 3, 24, 25, 96}) {
+                CAPTURE(T);
+                CAPTURE(m);
+                CAPTURE(np);
+                const auto plan = bd::plan_gemm_split(m, np, T, bd::gemm_mc);
+                REQUIRE(plan.tasks >= 1);
+                CHECK((plan.rows > 0) != (plan.panels > 0));
+                // rows are split only when every thread gets gemm_split_min_rows of them, then into a multiple of T
+                CHECK((plan.rows > 0) == (m >= bd::gemm_split_min_rows * T));
+                if (plan.rows > 0) {
+                    CHECK(plan.tasks % T == 0);
+                    CHECK(plan.rows % 4 == 0);
+                    CHECK(plan.rows <= bd::gemm_mc + 3);
+                } else {
+                    CHECK(plan.tasks <= T);
+                    CHECK(plan.panels % 2 == 0);
+                }
+                std::vector<int> seen(static_cast<std::size_t>(m * np), 0);
+                for (std::ptrdiff_t t = 0; t < plan.tasks; ++t) {
+                    std::ptrdiff_t m0, m1, p0, p1;
+                    plan.range(t, m, np, m0, m1, p0, p1);
+                    REQUIRE(0 <= m0);
+                    REQUIRE(m0 <= m1);
+                    REQUIRE(m1 <= m);
+                    REQUIRE(0 <= p0);
+                    REQUIRE(p0 <= p1);
+                    REQUIRE(p1 <= np);
+                    for (std::ptrdiff_t i = m0; i < m1; ++i)
+                        for (std::ptrdiff_t p = p0; p < p1; ++p) ++seen[static_cast<std::size_t>(i * np + p)];
+                }
+                CHECK(std::all_of(seen.begin(), seen.end(), [](int c) { return c == 1; }));
+            }
 }
 
 TEST_CASE("kernels: the packed GEMM agrees with the reference Eigen kernel (basic.hpp)") {

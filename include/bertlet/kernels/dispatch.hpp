@@ -118,8 +118,8 @@ inline std::vector<isa> available_isas() {
     return out;
 }
 
-/// Runs a GEMM over a pool: tasks are (block of gemm_mc rows) x (chunk of panels). Each output element is computed
-/// by one task with the same K blocking whatever the split, so results do not depend on the thread count.
+/// Runs a GEMM over a pool, split as plan_gemm_split() says (packed.hpp). Each output element is computed by one
+/// task with the same K blocking whatever the split, so results do not depend on the thread count.
 /// scratch: pool size x scratch_stride floats (scratch_stride >= gemm_scratch_floats()).
 inline void gemm_parallel(const kernel_table& k, thread_pool* pool, const gemm_args& g, float* scratch,
                           std::size_t scratch_stride) {
@@ -129,16 +129,11 @@ inline void gemm_parallel(const kernel_table& k, thread_pool* pool, const gemm_a
         k.gemm(g, 0, g.m, 0, np, scratch);
         return;
     }
-    const std::ptrdiff_t nmb = (g.m + gemm_mc - 1) / gemm_mc;
-    const std::ptrdiff_t groups = (np + 1) / 2;  // keep panel pairs together (the AVX-512 tile is 2 panels wide)
-    const std::ptrdiff_t T = static_cast<std::ptrdiff_t>(threads);
-    const std::ptrdiff_t npc = nmb >= 2 * T ? 1 : std::min<std::ptrdiff_t>(groups, (2 * T + nmb - 1) / nmb);
-    const std::ptrdiff_t per = (groups + npc - 1) / npc;
-    pool->run(static_cast<std::size_t>(nmb * npc), [&](std::size_t task, std::size_t slot) {
-        const std::ptrdiff_t mb = static_cast<std::ptrdiff_t>(task) / npc;
-        const std::ptrdiff_t pc = static_cast<std::ptrdiff_t>(task) % npc;
-        const std::ptrdiff_t p0 = std::min(np, pc * per * 2), p1 = std::min(np, (pc + 1) * per * 2);
-        k.gemm(g, mb * gemm_mc, std::min(g.m, (mb + 1) * gemm_mc), p0, p1, scratch + slot * scratch_stride);
+    const gemm_split plan = plan_gemm_split(g.m, np, static_cast<std::ptrdiff_t>(threads), gemm_mc);
+    pool->run(static_cast<std::size_t>(plan.tasks), [&](std::size_t task, std::size_t slot) {
+        std::ptrdiff_t m0, m1, p0, p1;
+        plan.range(static_cast<std::ptrdiff_t>(task), g.m, np, m0, m1, p0, p1);
+        if (m1 > m0 && p1 > p0) k.gemm(g, m0, m1, p0, p1, scratch + slot * scratch_stride);
     });
 }
 

@@ -820,9 +820,8 @@ inline void bf16_attention_head(const float* q, const float* k, const float* v, 
     bf16_attention_head_ref(q, k, v, ld, ctx, ldc, L, D, scale);
 }
 
-/// Whole GEMM over a pool (as detail::gemm_parallel): tasks are (block of bf16_mc rows) x (chunk of panel pairs).
-/// scratch: pool size x stride_bytes bytes (stride_bytes >= gemm_bf16_scratch_bytes()). Results do not depend on
-/// the thread count.
+/// Whole GEMM over a pool, split as detail::gemm_parallel (detail::plan_gemm_split). scratch: pool size x
+/// stride_bytes bytes (stride_bytes >= gemm_bf16_scratch_bytes()). Results do not depend on the thread count.
 inline void gemm_bf16_parallel(detail::thread_pool* pool, const gemm_bf16_args& g, void* scratch,
                                std::size_t stride_bytes) {
     const std::size_t threads = pool ? pool->size() : 1;
@@ -831,17 +830,11 @@ inline void gemm_bf16_parallel(detail::thread_pool* pool, const gemm_bf16_args& 
         gemm_bf16(g, 0, g.m, 0, np, scratch);
         return;
     }
-    const std::ptrdiff_t nmb = (g.m + bf16_mc - 1) / bf16_mc;
-    const std::ptrdiff_t groups = (np + 1) / 2;
-    const std::ptrdiff_t T = static_cast<std::ptrdiff_t>(threads);
-    const std::ptrdiff_t npc = nmb >= 2 * T ? 1 : std::min<std::ptrdiff_t>(groups, (2 * T + nmb - 1) / nmb);
-    const std::ptrdiff_t per = (groups + npc - 1) / npc;
-    pool->run(static_cast<std::size_t>(nmb * npc), [&](std::size_t task, std::size_t slot) {
-        const std::ptrdiff_t mb = static_cast<std::ptrdiff_t>(task) / npc;
-        const std::ptrdiff_t pc = static_cast<std::ptrdiff_t>(task) % npc;
-        const std::ptrdiff_t q0 = std::min(np, pc * per * 2), q1 = std::min(np, (pc + 1) * per * 2);
-        gemm_bf16(g, mb * bf16_mc, std::min(g.m, (mb + 1) * bf16_mc), q0, q1,
-                  static_cast<unsigned char*>(scratch) + slot * stride_bytes);
+    const detail::gemm_split plan = detail::plan_gemm_split(g.m, np, static_cast<std::ptrdiff_t>(threads), bf16_mc);
+    pool->run(static_cast<std::size_t>(plan.tasks), [&](std::size_t task, std::size_t slot) {
+        std::ptrdiff_t m0, m1, q0, q1;
+        plan.range(static_cast<std::ptrdiff_t>(task), g.m, np, m0, m1, q0, q1);
+        if (m1 > m0 && q1 > q0) gemm_bf16(g, m0, m1, q0, q1, static_cast<unsigned char*>(scratch) + slot * stride_bytes);
     });
 }
 
