@@ -43,6 +43,21 @@ struct gemm_case {
     std::ptrdiff_t m, n, k;
 };
 
+/// GEMM arguments for C[m, n] (stride ldc) = A[m, k] (stride lda) x packed weights wp; epilogue left default.
+bd::gemm_args gemm_args_for(const float* a, std::ptrdiff_t lda, const float* wp, float* c, std::ptrdiff_t ldc,
+                            std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k) {
+    bd::gemm_args g;
+    g.a = a;
+    g.lda = lda;
+    g.b = wp;
+    g.c = c;
+    g.ldc = ldc;
+    g.m = m;
+    g.n = n;
+    g.k = k;
+    return g;
+}
+
 // Runs one packed GEMM on path `a` and compares with a double reference; returns the worst error / tolerance.
 double check_gemm(const bd::kernel_table& kt, const gemm_case& c, const bd::epilogue& ep_proto, unsigned seed,
                   std::size_t threads = 1) {
@@ -54,15 +69,7 @@ double check_gemm(const bd::kernel_table& kt, const gemm_case& c, const bd::epil
     std::vector<float> Wp(bd::packed_n16_size(static_cast<std::size_t>(c.n), static_cast<std::size_t>(c.k)), -7.f);
     bd::pack_n16(W.data(), c.n, c.k, c.k, Wp.data());
     std::vector<float> C(static_cast<std::size_t>(c.m * ldc), 12345.f);
-    bd::gemm_args g;
-    g.a = A.data();
-    g.lda = lda;
-    g.b = Wp.data();
-    g.c = C.data();
-    g.ldc = ldc;
-    g.m = c.m;
-    g.n = c.n;
-    g.k = c.k;
+    bd::gemm_args g = gemm_args_for(A.data(), lda, Wp.data(), C.data(), ldc, c.m, c.n, c.k);
     g.ep = ep_proto;
     if (ep_proto.bias) g.ep.bias = bias.data();
     if (ep_proto.residual) {
@@ -181,15 +188,7 @@ TEST_CASE("kernels: GEMM results do not depend on the thread count (bit-identica
             std::vector<std::vector<float>> outs;
             for (std::size_t threads : {1u, 2u, 3u, 5u}) {
                 std::vector<float> C(M * N);
-                bd::gemm_args g;
-                g.a = A.data();
-                g.lda = K;
-                g.b = Wp.data();
-                g.c = C.data();
-                g.ldc = N;
-                g.m = M;
-                g.n = N;
-                g.k = K;
+                bd::gemm_args g = gemm_args_for(A.data(), K, Wp.data(), C.data(), N, M, N, K);
                 g.ep.bias = bias.data();
                 g.ep.act = bd::activation::gelu_erf;
                 bd::thread_pool pool(threads);
@@ -251,15 +250,7 @@ TEST_CASE("kernels: the packed GEMM agrees with the reference Eigen kernel (basi
     for (auto a : bd::available_isas()) {
         CAPTURE(bertlet::isa_name(a));
         std::vector<float> C(M * N), scratch(bd::gemm_scratch_floats());
-        bd::gemm_args g;
-        g.a = A.data();
-        g.lda = K;
-        g.b = Wp.data();
-        g.c = C.data();
-        g.ldc = N;
-        g.m = M;
-        g.n = N;
-        g.k = K;
+        bd::gemm_args g = gemm_args_for(A.data(), K, Wp.data(), C.data(), N, M, N, K);
         g.ep.bias = b.data();
         bd::kernels_for(a).gemm(g, 0, M, 0, bd::panels_of(N), scratch.data());
         for (std::size_t i = 0; i < C.size(); ++i) CHECK(C[i] == doctest::Approx(ref[i]).epsilon(1e-4).scale(1.0));
