@@ -3,6 +3,7 @@
 // saturation must never occur, and the quantization error must stay within what per-row int8 allows.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -725,6 +726,25 @@ TEST_CASE("gemm_s8: thread counts 1..3 give identical outputs") {
                 bertlet::quantize_gemm_s8_parallel(&pool, p, P.X.data(), d.M, d.K, P.ldx, P.cs.data(), s3.data(),
                                                    P.pk.view(), e1, Y1.data(), P.ldy);
                 CHECK(same_bytes(Y1, R1));
+                // a `pre` step produces each row block of X inside the job (as the encoder's LayerNorm does): X
+                // starts as NaN, pre copies its rows in; every row exactly once, before that row is quantized
+                std::vector<float> Xp(P.X.size(), std::nanf(""));
+                std::vector<int> visits(d.M, 0);
+                std::fill(Y1.begin(), Y1.end(), 7.f);
+                std::fill(Y2.begin(), Y2.end(), 7.f);
+                std::fill(Y3.begin(), Y3.end(), 7.f);
+                bertlet::quantize_gemm_s8_parallel(&pool, p, Xp.data(), d.M, d.K, P.ldx, P.cs.data(), s3.data(), g, 3,
+                                                   [&](std::size_t m0, std::size_t m1) {
+                                                       for (std::size_t m = m0; m < m1; ++m) {
+                                                           ++visits[m];
+                                                           std::copy_n(P.X.data() + m * P.ldx, d.K,
+                                                                       Xp.data() + m * P.ldx);
+                                                       }
+                                                   });
+                CHECK(std::all_of(visits.begin(), visits.end(), [](int v) { return v == 1; }));
+                CHECK(same_bytes(Y1, R1));
+                CHECK(same_bytes(Y2, R2));
+                CHECK(same_bytes(Y3, R3));
             }
             std::vector<float> Y0(d.M * P.ldy, 7.f);
             bertlet::gemm_s8_parallel(nullptr, p, A, P.pk.view(), e1, Y0.data(), P.ldy);  // no pool

@@ -1367,10 +1367,14 @@ inline void gemm_s8_parallel(detail::thread_pool* pool, s8_path p, const s8_acti
 /// (into the returned activations, which stay usable afterwards) and then computes those rows of every GEMM. No
 /// serial quantization pass and one pool round trip instead of two; each thread streams all of W (from L2) instead
 /// of half of it. Same bits as quantize_activations_s8 + gemm_s8_q for any thread count. scratch:
-/// gemm_s8_scratch_bytes(M, K) bytes.
+/// gemm_s8_scratch_bytes(M, K) bytes. `pre(m0, m1)` runs on each block of rows before it is quantized (in the same
+/// task), e.g. the LayerNorm that produces those rows of X: a row-local producer joins the pool job instead of
+/// needing one of its own (the overload without it passes a no-op).
+template <class Pre>
 inline s8_activations quantize_gemm_s8_parallel(detail::thread_pool* pool, s8_path p, const float* X, std::size_t M,
                                                 std::size_t K, std::size_t ldx, const float* act_scale,
-                                                std::uint8_t* scratch, const s8_gemm* gemms, std::size_t count) {
+                                                std::uint8_t* scratch, const s8_gemm* gemms, std::size_t count,
+                                                Pre&& pre) {
     const s8_activations A = s8_activations_layout(p, M, K, scratch);
     if (ldx < K) throw input_error(errc::bad_argument, "quantize_gemm_s8_parallel: bad stride");
     detail::s8_require_path(p);
@@ -1392,16 +1396,25 @@ inline s8_activations quantize_gemm_s8_parallel(detail::thread_pool* pool, s8_pa
     const std::size_t nblocks = (M + rb - 1) / rb;
     auto task = [&](std::size_t t, std::size_t) {
         const std::size_t m0 = t * rb, m1 = std::min(M, m0 + rb);
+        pre(m0, m1);
         detail::s8_quantize_rows(p, X, ldx, act_scale, K, A.q, A.ldq, A.sx, m0, m1);
         for (std::size_t i = 0; i < count; ++i) detail::s8_run<false>(p, jobs[i], m0, m1, 0, panels[i]);
     };
     if (threads <= 1 || nblocks <= 1 || macs < 3e6) {
+        pre(std::size_t{0}, M);
         detail::s8_quantize_rows(p, X, ldx, act_scale, K, A.q, A.ldq, A.sx, 0, M);
         for (std::size_t i = 0; i < count; ++i) detail::s8_run<false>(p, jobs[i], 0, M, 0, panels[i]);
         return A;
     }
     pool->run(nblocks, task);
     return A;
+}
+
+inline s8_activations quantize_gemm_s8_parallel(detail::thread_pool* pool, s8_path p, const float* X, std::size_t M,
+                                                std::size_t K, std::size_t ldx, const float* act_scale,
+                                                std::uint8_t* scratch, const s8_gemm* gemms, std::size_t count) {
+    return quantize_gemm_s8_parallel(pool, p, X, M, K, ldx, act_scale, scratch, gemms, count,
+                                     [](std::size_t, std::size_t) {});
 }
 
 inline s8_activations quantize_gemm_s8_parallel(detail::thread_pool* pool, s8_path p, const float* X, std::size_t M,

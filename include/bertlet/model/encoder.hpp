@@ -128,11 +128,15 @@ struct exec_context {
 
 /// One post-LN transformer block (BertLayer): self-attention, add & norm, FFN (GELU), add & norm.
 /// Every linear runs through the packed GEMM with its bias / residual / GELU fused in the epilogue.
+/// The LayerNorm that produces the block's input (the embeddings' or the previous block's output LayerNorm) is
+/// applied here, first (in_ln_g / in_ln_b; null: x is already normalised), and the block's own output LayerNorm is
+/// left to the caller (the next block's in_ln, or a last layernorm()): LayerNorm is row-local, so with int8 weights
+/// it runs inside the pool job that quantizes those rows and computes their Q, K, V (one pool round trip less).
 template <class Shape>
 struct encoder_block {
     static void forward(const Shape& s, const layer_weights& w, float eps, detail::gelu_kind act,
                         const sequence_span* seqs, std::size_t nseq, std::size_t tokens, workspace& ws,
-                        const detail::exec_context& ex) {
+                        const detail::exec_context& ex, const float* in_ln_g, const float* in_ln_b) {
         using std::ptrdiff_t;
         const detail::kernel_table& K = *ex.k;
         const ptrdiff_t H = static_cast<ptrdiff_t>(s.hidden());
@@ -158,19 +162,20 @@ struct encoder_block {
         };
         auto linear = [&](const float* a, ptrdiff_t in, const float* wp, const packed_s8& w8, const float* as,
                           const std::uint16_t* w16, const float* b, ptrdiff_t out, float* y, const float* residual,
-                          detail::activation fn) {
+                          detail::activation fn, float* ln_x = nullptr, const float* ln_g = nullptr,
+                          const float* ln_b = nullptr) {
+            // ln_x (== a, or null): LayerNorm those rows in place first (ln_g / ln_b); int8: inside the GEMM's job
             const detail::epilogue ep{1.0f, b, residual, out, fn};
+            if (ln_x && !w8.data) layernorm(K, ex, ln_x, T, in, ln_g, ln_b, eps);
             if (w16) {  // bf16 weights: A rounded to bf16 while packing, fp32 accumulation, fused epilogue
                 gemm_bf16_args g = gemm_for<gemm_bf16_args>(a, in, y, out, T, out, in, ep);
                 g.b = w16;
                 run(g);
                 return;
             }
-            if (w8.data) {  // int8 weights: per-token activation quantization (once, over the pool), exact integer
-                            // GEMM with bias / residual / GELU fused in its epilogue
-                const s8_activations A = quantize_activations_s8_parallel(
-                    ex.pool, ex.s8, a, static_cast<std::size_t>(T), static_cast<std::size_t>(in),
-                    static_cast<std::size_t>(in), as, ws.s8_.data());
+            if (w8.data) {  // int8 weights: per-token activation quantization, exact integer GEMM with bias /
+                            // residual / GELU fused in its epilogue; one pool job of row blocks does the LayerNorm (if
+                            // any), the quantization and the GEMM of its rows
                 s8_gemm g;
                 g.W = &w8;
                 g.ep.bias = b;
@@ -179,7 +184,9 @@ struct encoder_block {
                 g.ep.act = fn;
                 g.Y = y;
                 g.ldy = static_cast<std::size_t>(out);
-                gemm_s8_parallel(ex.pool, ex.s8, A, &g, 1);
+                quantize_gemm_s8_parallel(ex.pool, ex.s8, a, static_cast<std::size_t>(T), static_cast<std::size_t>(in),
+                                          static_cast<std::size_t>(in), as, ws.s8_.data(), &g, 1,
+                                          rows_layernorm(K, ln_x, in, ln_g, ln_b, eps));
                 return;
             }
             detail::gemm_args g = gemm_for<detail::gemm_args>(a, in, y, out, T, out, in, ep);
@@ -189,10 +196,8 @@ struct encoder_block {
         const auto none = detail::activation::none;
         ptrdiff_t ldqkv = H;  // row stride of Q, K and V
         const bool fused_qkv = (w.q8.data && w.k8.data && w.v8.data) || w.bqkv;
+        if (in_ln_g && !(w.q8.data && w.k8.data && w.v8.data)) layernorm(K, ex, x, T, H, in_ln_g, in_ln_b, eps);
         if (w.q8.data && w.k8.data && w.v8.data) {  // int8 Q, K, V: quantize x once, three GEMMs in one pool job
-            const s8_activations A = quantize_activations_s8_parallel(
-                ex.pool, ex.s8, x, static_cast<std::size_t>(T), static_cast<std::size_t>(H),
-                static_cast<std::size_t>(H), w.as_q, ws.s8_.data());
             s8_gemm g[3];
             const packed_s8* W3[3] = {&w.q8, &w.k8, &w.v8};
             const float* b3[3] = {w.bq, w.bk, w.bv};
@@ -202,7 +207,9 @@ struct encoder_block {
                 g[j].Y = q + j * H;
                 g[j].ldy = static_cast<std::size_t>(3 * H);
             }
-            gemm_s8_parallel(ex.pool, ex.s8, A, g, 3);
+            quantize_gemm_s8_parallel(ex.pool, ex.s8, x, static_cast<std::size_t>(T), static_cast<std::size_t>(H),
+                                      static_cast<std::size_t>(H), w.as_q, ws.s8_.data(), g, 3,
+                                      rows_layernorm(K, in_ln_g ? x : nullptr, H, in_ln_g, in_ln_b, eps));
         } else if (w.bqkv) {  // one GEMM over [Wq; Wk; Wv] (f32 or bf16 panels): A is packed once
             const detail::epilogue ep{1.0f, w.bqkv};
             auto fused = [&](auto g, const auto* wq, const auto* wk, const auto* wv) {
@@ -291,10 +298,21 @@ struct encoder_block {
         const detail::activation fn =
             act == detail::gelu_kind::erf ? detail::activation::gelu_erf : detail::activation::gelu_tanh;
         linear(ctx, H, w.wo, w.o8, w.as_o, w.o16, w.bo, H, tmp, x, none);          // tmp = attn_out + x
-        layernorm(K, ex, tmp, T, H, w.ln1_g, w.ln1_b, eps);                       // tmp = LN(tmp)
-        linear(tmp, H, w.wi, w.i8, w.as_i, w.i16, w.bi, I, inter, nullptr, fn);   // inter = GELU(tmp Wi + bi)
-        linear(inter, I, w.wo2, w.o28, w.as_o2, w.o216, w.bo2, H, x, tmp, none);   // x = ffn_out + tmp
-        layernorm(K, ex, x, T, H, w.ln2_g, w.ln2_b, eps);    // x = LN(x)
+        // tmp = LN(tmp), inter = GELU(tmp Wi + bi)
+        linear(tmp, H, w.wi, w.i8, w.as_i, w.i16, w.bi, I, inter, nullptr, fn, tmp, w.ln1_g, w.ln1_b);
+        linear(inter, I, w.wo2, w.o28, w.as_o2, w.o216, w.bo2, H, x, tmp, none);  // x = ffn_out + tmp
+        // x = LN(x) (ln2) is the caller's: the next block's in_ln, or a last layernorm()
+    }
+
+    /// The `pre` step of quantize_gemm_s8_parallel: LayerNorm of rows [m0, m1) of x (row length n) in place; no-op
+    /// if x is null.
+    static auto rows_layernorm(const detail::kernel_table& K, float* x, std::ptrdiff_t n, const float* g,
+                               const float* b, float eps) {
+        return [&K, x, n, g, b, eps](std::size_t m0, std::size_t m1) {
+            if (x && m1 > m0)
+                K.layernorm(x + static_cast<std::ptrdiff_t>(m0) * n, nullptr, static_cast<std::ptrdiff_t>(m1 - m0), n,
+                            g, b, eps);
+        };
     }
 
     /// The fields detail::gemm_args and gemm_bf16_args share (the weights are set by the caller).
@@ -454,10 +472,7 @@ public:
             }
         }
         const detail::exec_context ex{kernels_, pool_.get(), s8_, bf16_attention_, s8_attention_};
-        encoder_block<dynamic_shape>::layernorm(*kernels_, ex, x, static_cast<std::ptrdiff_t>(tokens),
-                                                static_cast<std::ptrdiff_t>(H), emb_ln_g_, emb_ln_b_,
-                                                cfg_.layer_norm_eps);
-        run_layers(seqs, nseq, tokens, ws, ex);
+        run_layers(seqs, nseq, tokens, ws, ex);  // the embeddings' LayerNorm runs as the first block's in_ln
         return ws.x_.data();
     }
 
@@ -476,8 +491,19 @@ private:
     template <class Shape>
     void run_with(const Shape& s, const sequence_span* seqs, std::size_t nseq, std::size_t tokens, workspace& ws,
                   const detail::exec_context& ex) const {
-        for (const auto& w : layers_)
-            encoder_block<Shape>::forward(s, w, cfg_.layer_norm_eps, cfg_.activation, seqs, nseq, tokens, ws, ex);
+        // each block starts with the LayerNorm that produces its input (see encoder_block) and leaves its own
+        // output LayerNorm to the next one; the last runs here
+        const float* ln_g = emb_ln_g_;
+        const float* ln_b = emb_ln_b_;
+        for (const auto& w : layers_) {
+            encoder_block<Shape>::forward(s, w, cfg_.layer_norm_eps, cfg_.activation, seqs, nseq, tokens, ws, ex,
+                                          ln_g, ln_b);
+            ln_g = w.ln2_g;
+            ln_b = w.ln2_b;
+        }
+        encoder_block<Shape>::layernorm(*kernels_, ex, ws.x_.data(), static_cast<std::ptrdiff_t>(tokens),
+                                        static_cast<std::ptrdiff_t>(cfg_.hidden_size), ln_g, ln_b,
+                                        cfg_.layer_norm_eps);
     }
 
     static const blob::tensor_view& find_shaped(const blob::reader& r, const std::string& name,
