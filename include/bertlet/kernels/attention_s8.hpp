@@ -337,21 +337,21 @@ BERTLET_TARGET_S8A inline void attention_head(const float* q, const float* k, co
     auto* base = reinterpret_cast<unsigned char*>((reinterpret_cast<std::uintptr_t>(scratch) + 63) &
                                                   ~static_cast<std::uintptr_t>(63));
     prepare(y, q, k, v, ld, scale * log2e, base);
+    // K (L rows of D) and V^T (D rows of L) as int8 "weights" for the GEMM kernel, from their offsets in scratch
+    const auto weights = [base](std::size_t o_data, std::size_t o_scales, std::size_t o_sums, std::ptrdiff_t n,
+                                std::ptrdiff_t k, std::ptrdiff_t k_padded) {
+        packed_s8 w;
+        w.data = reinterpret_cast<const std::int8_t*>(base + o_data);
+        w.scales = reinterpret_cast<const float*>(base + o_scales);
+        w.row_sums = reinterpret_cast<const std::int32_t*>(base + o_sums);
+        w.n = static_cast<std::size_t>(n);
+        w.k = static_cast<std::size_t>(k);
+        w.k_padded = static_cast<std::size_t>(k_padded);
+        return w;
+    };
+    const packed_s8 kw = weights(y.o_kp, y.o_ks, y.o_kc, L, D, y.dq);
+    const packed_s8 vw = weights(y.o_vp, y.o_sv, y.o_vz, D, L, y.lp4);
     const auto u = [](std::ptrdiff_t x) { return static_cast<std::size_t>(x); };
-    packed_s8 kw;
-    kw.data = reinterpret_cast<const std::int8_t*>(base + y.o_kp);
-    kw.scales = reinterpret_cast<const float*>(base + y.o_ks);
-    kw.row_sums = reinterpret_cast<const std::int32_t*>(base + y.o_kc);
-    kw.n = u(L);
-    kw.k = u(D);
-    kw.k_padded = u(y.dq);
-    packed_s8 vw;
-    vw.data = reinterpret_cast<const std::int8_t*>(base + y.o_vp);
-    vw.scales = reinterpret_cast<const float*>(base + y.o_sv);
-    vw.row_sums = reinterpret_cast<const std::int32_t*>(base + y.o_vz);
-    vw.n = u(D);
-    vw.k = u(L);
-    vw.k_padded = u(y.lp4);
     auto* sq = reinterpret_cast<float*>(base + y.o_sq);
     auto* s = reinterpret_cast<float*>(base + y.o_s);
     auto* p8 = base + y.o_p;

@@ -480,14 +480,9 @@ BERTLET_TARGET_AVX2 inline void attention_head(const float* q, const float* k, c
     const std::ptrdiff_t lds = (L + 15) / 16 * 16;
     float* s = kp + lds * D;
     attn_pack_k16(k, ld, L, D, kp);  // packed.hpp
-    for (std::ptrdiff_t q0 = 0; q0 < L; q0 += 6) {
-        const int rows = static_cast<int>(std::min<std::ptrdiff_t>(6, L - q0));
-        const float* qr = q + q0 * ld;
-        float* cr = ctx + q0 * ldc;
-        if (rows > 4) attn_rows<6>(qr, ld, v, ld, rows, kp, L, D, scale, s, lds, cr, ldc);
-        else if (rows > 2) attn_rows<4>(qr, ld, v, ld, rows, kp, L, D, scale, s, lds, cr, ldc);
-        else attn_rows<2>(qr, ld, v, ld, rows, kp, L, D, scale, s, lds, cr, ldc);
-    }
+    attn_row_tiles<6>(L, [&](auto r, std::ptrdiff_t q0, int rows) BERTLET_TARGET_AVX2 {
+        attn_rows<decltype(r)::value>(q + q0 * ld, ld, v, ld, rows, kp, L, D, scale, s, lds, ctx + q0 * ldc, ldc);
+    });
 }
 
 }  // namespace bertlet::detail::avx2

@@ -593,14 +593,9 @@ BERTLET_TARGET_AVX512 inline void attention_head(const float* q, const float* k,
     const std::ptrdiff_t lds = (L + 15) / 16 * 16;
     float* s = kp + lds * D;
     attn_pack_k(k, ld, L, D, kp);
-    for (std::ptrdiff_t q0 = 0; q0 < L; q0 += 12) {
-        const int rows = static_cast<int>(std::min<std::ptrdiff_t>(12, L - q0));
-        const float* qr = q + q0 * ld;
-        float* cr = ctx + q0 * ldc;
-        if (rows > 8) attn_rows<12>(qr, ld, v, ld, rows, kp, L, D, scale, s, lds, cr, ldc);
-        else if (rows > 4) attn_rows<8>(qr, ld, v, ld, rows, kp, L, D, scale, s, lds, cr, ldc);
-        else attn_rows<4>(qr, ld, v, ld, rows, kp, L, D, scale, s, lds, cr, ldc);
-    }
+    attn_row_tiles<12>(L, [&](auto r, std::ptrdiff_t q0, int rows) BERTLET_TARGET_AVX512 {
+        attn_rows<decltype(r)::value>(q + q0 * ld, ld, v, ld, rows, kp, L, D, scale, s, lds, ctx + q0 * ldc, ldc);
+    });
 }
 
 BERTLET_TARGET_AVX512 inline void activate(float* x, std::ptrdiff_t n, activation a) {

@@ -692,14 +692,10 @@ BERTLET_TARGET_BF16 inline void attention_head(const float* q, const float* k, c
     }
     const auto* q32 = reinterpret_cast<const std::uint32_t*>(q16);
     const float scale2 = scale * 1.44269504088896341f;  // scores in log2 units: softmax numerators are 2^(s - max)
-    for (std::ptrdiff_t q0 = 0; q0 < L; q0 += 12) {
-        const int rows = static_cast<int>(std::min<std::ptrdiff_t>(12, L - q0));
-        const std::uint32_t* qr = q32 + q0 * (dp / 2);
-        float* cr = ctx + q0 * ldc;
-        if (rows > 8) attn_rows<12>(qr, dp / 2, rows, kp, vp, L, D, scale2, s, lds, p16, ldp, cr, ldc);
-        else if (rows > 4) attn_rows<8>(qr, dp / 2, rows, kp, vp, L, D, scale2, s, lds, p16, ldp, cr, ldc);
-        else attn_rows<4>(qr, dp / 2, rows, kp, vp, L, D, scale2, s, lds, p16, ldp, cr, ldc);
-    }
+    detail::attn_row_tiles<12>(L, [&](auto r, std::ptrdiff_t q0, int rows) BERTLET_TARGET_BF16 {
+        attn_rows<decltype(r)::value>(q32 + q0 * (dp / 2), dp / 2, rows, kp, vp, L, D, scale2, s, lds, p16, ldp,
+                                      ctx + q0 * ldc, ldc);
+    });
 }
 
 }  // namespace detail::bf16

@@ -232,6 +232,20 @@ constexpr std::size_t attention_scratch_floats(std::size_t L, std::size_t D) noe
     return (L + 15) / 16 * 16 * D + 16 * ((L + 15) / 16 * 16) + 16;
 }
 
+/// The query-row tiling of the fused attention kernels: L query rows in tiles of up to MR, each passed to
+/// tile(std::integral_constant<int, R>{}, q0, rows) with R the smallest of MR / 3, 2 MR / 3, MR that holds its rows
+/// (the kernel's row-count template argument).
+template <int MR, class Tile>
+inline void attn_row_tiles(std::ptrdiff_t L, Tile&& tile) {
+    static_assert(MR % 3 == 0, "tiles of MR, 2 MR / 3 and MR / 3 rows");
+    for (std::ptrdiff_t q0 = 0; q0 < L; q0 += MR) {
+        const int rows = static_cast<int>(std::min<std::ptrdiff_t>(MR, L - q0));
+        if (rows > 2 * MR / 3) tile(std::integral_constant<int, MR>{}, q0, rows);
+        else if (rows > MR / 3) tile(std::integral_constant<int, 2 * MR / 3>{}, q0, rows);
+        else tile(std::integral_constant<int, MR / 3>{}, q0, rows);
+    }
+}
+
 /// K_h of one attention head as 16-key panels for the fused attention kernels: kp[(p * D + d) * 16 + j] =
 /// k[(16 p + j) * ldk + d] (keys past L read as 0). Scalar (the AVX2 and NEON kernels use it; AVX-512 has a
 /// transposing one); ~1 % of a forward either way.
