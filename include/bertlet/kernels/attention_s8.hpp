@@ -34,6 +34,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "bertlet/kernels/avx512.hpp"
 #include "bertlet/kernels/cpu.hpp"
@@ -54,10 +55,10 @@ namespace bertlet {
 
 namespace detail::s8a {
 
-inline constexpr std::ptrdiff_t rb = 64;  // query rows per block (scores and P of one block live in the scratch)
-// 255 * 2^r, degree-4 Taylor coefficients of 2^r times 255 (|r| <= 1/2: relative error < 6e-5, i.e. < 0.015 of a
-// quantization step of P)
-inline constexpr float e0 = 255.0f, e1 = 176.752531f, e2 = 61.257759f, e3 = 14.1535477f, e4 = 2.45262292f;
+inline constexpr std::ptrdiff_t rb = 12;  // query rows per block (scores and P of one block live in the scratch)
+// 255 * 2^r on |r| <= 1/2: degree-3 minimax (relative error) coefficients of 2^r times 255, rounded to float: relative
+// error < 7.5e-5, i.e. < 0.02 of a quantization step of P; p(0) = 254.98 rounds to 255
+inline constexpr float e0 = 254.981659f, e1 = 176.781555f, e2 = 61.8658371f, e3 = 14.0687761f;
 inline constexpr float log2e = 1.44269504088896341f;
 
 struct layout {
@@ -110,17 +111,21 @@ inline std::int32_t clamp127(float q) noexcept {
     return q >= 127.0f ? 127 : static_cast<std::int32_t>(q);
 }
 
-/// 255 * 2^x (x <= ~0): the kernel's operations (vmaxps, vrndscaleps, vsubps, vfmadd, vscalefps).
-inline float exp2_255(float x) noexcept {
-    x = smax(x, -127.0f);
+/// 255 * 2^x rounded to an integer, clamped to 0..255 (x <= ~0): the kernel's operations. n = round(x) (half to
+/// even, vrndscaleps), r = x - n exactly, 255 * 2^r by the cubic, times 2^n (vscalefps; ldexp rounds the same way,
+/// down to the denormals), rounded half to even (vcvtps2dq), clamped as the kernel's saturating packs do. Below
+/// -200 the result is 0 either way (the kernel's product underflows); NaN (a NaN input row) gives 0 here.
+inline std::int32_t p255(float x) noexcept {
+    if (!(x >= -200.0f)) return 0;
+    if (x > 8.0f) return 255;  // never for finite rows (x <= 0 up to one rounding)
     const float n = std::nearbyint(x);
     const float r = x - n;
-    float p = e4;
-    p = std::fma(p, r, e3);
+    float p = e3;
     p = std::fma(p, r, e2);
     p = std::fma(p, r, e1);
     p = std::fma(p, r, e0);
-    return std::ldexp(p, static_cast<int>(n));
+    const float e = std::nearbyint(std::ldexp(p, static_cast<int>(n)));
+    return e >= 255.0f ? 255 : static_cast<std::int32_t>(e);
 }
 
 /// Row quantization (Q, K): returns the scale amax / 127, writes round(x * 127 / amax) clamped to +-127.
@@ -178,13 +183,13 @@ inline void s8_attention_head_ref(const float* q, const float* k, const float* v
         for (std::ptrdiff_t t = 0; t < L; ++t) {
             std::int32_t acc = 0;
             for (std::ptrdiff_t c = 0; c < D; ++c) acc += q8[i * d + c] * k8[t * d + c];
-            y[t] = static_cast<float>(acc) * (sq[i] * ks[t]);  // gemm_s8's epilogue without bias
-            m = smax(m, y[t]);                                 // vmaxps(max, y)
+            y[t] = static_cast<float>(acc) * ks[t];  // the key scale (times scale * log2 e) only
+            m = smax(m, y[t]);                       // vmaxps(max, y)
         }
+        const float ms = m * sq[i];
         std::int64_t sum = 0;
         for (std::ptrdiff_t t = 0; t < L; ++t) {
-            const float e = std::nearbyint(exp2_255(y[t] - m));
-            p[t] = e >= 255.0f ? 255 : e > 0.0f ? static_cast<std::int32_t>(e) : 0;  // e is never NaN (x >= -127)
+            p[t] = p255(std::fma(y[t], sq[i], -ms));  // (y - m) * sq in one rounding
             sum += p[t];
         }
         const float inv = 1.0f / static_cast<float>(sum);
@@ -220,17 +225,19 @@ BERTLET_TARGET_S8A inline __m512i q127(__m512 x, __m512 inv) {
     return _mm512_max_epi32(_mm512_min_epi32(c, _mm512_set1_epi32(127)), _mm512_set1_epi32(-127));
 }
 
-BERTLET_TARGET_S8A inline __m512 exp2_255(__m512 x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-127.0f));
+/// p255 on 16 lanes before its clamp (lanes outside m give 0): 6 vector operations (the store's saturating packs
+/// clamp; for finite rows the value is in 0..255 already, as x <= 0 up to one rounding).
+BERTLET_TARGET_S8A inline __m512i p255(__m512 x, __mmask16 m) {
     const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m512 r = _mm512_sub_ps(x, n);
-    __m512 p = _mm512_set1_ps(e4);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(e3));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(e2));
+    __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(e3), r, _mm512_set1_ps(e2));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(e1));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(e0));
-    return _mm512_scalef_ps(p, n);
+    return _mm512_maskz_cvtps_epi32(m, _mm512_scalef_ps(p, n));
 }
+
+/// p255's clamp for one vector stored with vpmovusdb (unsigned saturation): the same value, for the row sum.
+BERTLET_TARGET_S8A inline __m512i clamp255(__m512i q) { return _mm512_min_epu32(q, _mm512_set1_epi32(255)); }
 
 /// Quantizes Q (u8 = q8 + 128, rows of dq bytes), K (S8P16K4 panels, corrections, scaled key scales) and V
 /// (S8P16K4 panels over channels, channel scales) into the scratch.
@@ -313,23 +320,215 @@ BERTLET_TARGET_S8A inline void prepare(const layout& y, const float* q, const fl
     }
 }
 
-/// rows u8 bytes (the VNNI form) of K values each (stride ld, k padded to 4) with per-row scales, as gemm_s8's
-/// activations.
-inline s8_activations u8_rows(unsigned char* q, std::ptrdiff_t ld, float* sx, std::ptrdiff_t rows, std::ptrdiff_t K) {
-    s8_activations a;
-    a.q = q;
-    a.ldq = static_cast<std::size_t>(ld);
-    a.sx = sx;
-    a.M = static_cast<std::size_t>(rows);
-    a.K = static_cast<std::size_t>(K);
-    a.k_padded = s8_pad_k(a.K);
-    a.u8 = true;
-    return a;
+/// acc += u8 x s8 dot products of 4 (vpdpbusd). GCC 12 copies every accumulator of an intrinsic's loop-carried
+/// `acc = _mm512_dpbusd_epi32(acc, ...)` into a fresh register and back each iteration (and spills some: the
+/// attention tiles below ran 2x slower); the asm form with a tied "+v" operand keeps each in one register.
+BERTLET_TARGET_S8A inline void dpbusd(__m512i& acc, __m512i x, __m512i w) {
+#if defined(__GNUC__) && !defined(__clang__)
+    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(x), "v"(w));
+#else
+    acc = _mm512_dpbusd_epi32(acc, x, w);
+#endif
 }
 
-/// One head: prepare, then per block of query rows: S through the int8 GEMM kernel (Q rows as its activations, K as
-/// its packed weights), the softmax into u8 P rows, ctx through the same kernel (P as activations with the row
-/// sums' reciprocals as their scales, V as weights with zero row sums: P is genuinely unsigned).
+/// Q K^T of MR query rows x NP key panels (16 keys each) into the score rows s (stride lds, column 16 j of the
+/// chunk): y = float(acc) * (sq[i] * ks[t]) as gemm_s8's epilogue, and the running row maxima mx over the valid keys
+/// (`valid` keys from the chunk's start; the padding keys of the last panel score 0 and are kept out of the max).
+/// The accumulators start at -128 times the key row sums (the u8 correction of the Q bytes), as the GEMM kernel.
+/// The shape of gemm_s8's VNNI kernel (accumulators initialised from a load, fixed trip counts, no row-count branch
+/// in the epilogue) keeps GCC from spilling the 24 accumulators.
+template <int MR, int NP>
+BERTLET_TARGET_S8A inline void qk_tile(const unsigned char* q8, std::ptrdiff_t dq, const unsigned char* kp, const std::int32_t* kc, const float* ks,
+                                       std::ptrdiff_t valid, float* s, std::ptrdiff_t lds, __m512* mx) {
+    const std::ptrdiff_t ps = 16 * dq, groups = dq / 4;
+    __m512i acc[MR][NP];
+#pragma GCC unroll 8
+    for (int j = 0; j < NP; ++j) {
+        const __m512i c = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(_mm512_loadu_si512(kc + 16 * j), 7));
+#pragma GCC unroll 4
+        for (int i = 0; i < MR; ++i) acc[i][j] = c;
+    }
+    const unsigned char* x = q8;
+    const unsigned char* w = kp;
+    for (std::ptrdiff_t g = 0; g < groups; ++g, x += 4, w += 64) {
+        __m512i xb[MR];
+#pragma GCC unroll 4
+        for (int i = 0; i < MR; ++i) xb[i] = _mm512_set1_epi32(s8_load32(x + i * dq));
+#pragma GCC unroll 8
+        for (int j = 0; j < NP; ++j) {
+            const __m512i wv = _mm512_loadu_si512(w + j * ps);
+#pragma GCC unroll 4
+            for (int i = 0; i < MR; ++i) dpbusd(acc[i][j], xb[i], wv);
+        }
+    }
+    __m512 mxl[MR];  // local maxima: through the pointer GCC reloaded and stored them around every score store
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; ++i) mxl[i] = mx[i];
+#pragma GCC unroll 8
+    for (int j = 0; j < NP; ++j) {
+        const __m512 ksj = _mm512_loadu_ps(ks + 16 * j);
+        const __mmask16 m = mask16(valid - 16 * j);
+#pragma GCC unroll 4
+        for (int i = 0; i < MR; ++i) {
+            const __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[i][j]), ksj);
+            _mm512_storeu_ps(s + i * lds + 16 * j, y);
+            mxl[i] = _mm512_mask_max_ps(mxl[i], m, mxl[i], y);
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; ++i) mx[i] = mxl[i];
+}
+
+/// Q K^T and the softmax of MR query rows against all L <= 16 NP keys in registers: scores (as qk_tile), row maxima,
+/// u8 numerators into the P rows (stride ldp; bytes up to 16 NP written, keys >= L as 0) and their integer sums. The
+/// scores never leave the registers. Same operations as qk_tile + the separate softmax pass, so the same bits.
+template <int MR, int NP>
+BERTLET_TARGET_S8A inline void qk_softmax_tile(const unsigned char* q8, std::ptrdiff_t dq, const float* sq,
+                                               const unsigned char* kp, const std::int32_t* kc, const float* ks,
+                                               std::ptrdiff_t L, unsigned char* p8, std::ptrdiff_t ldp,
+                                               std::int32_t* sums) {
+    const std::ptrdiff_t ps = 16 * dq, groups = dq / 4;
+    __m512i acc[MR][NP];
+#pragma GCC unroll 8
+    for (int j = 0; j < NP; ++j) {
+        const __m512i c = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(_mm512_loadu_si512(kc + 16 * j), 7));
+#pragma GCC unroll 4
+        for (int i = 0; i < MR; ++i) acc[i][j] = c;
+    }
+    const unsigned char* x = q8;
+    const unsigned char* w = kp;
+    for (std::ptrdiff_t g = 0; g < groups; ++g, x += 4, w += 64) {
+        __m512i xb[MR];
+#pragma GCC unroll 4
+        for (int i = 0; i < MR; ++i) xb[i] = _mm512_set1_epi32(s8_load32(x + i * dq));
+#pragma GCC unroll 8
+        for (int j = 0; j < NP; ++j) {
+            const __m512i wv = _mm512_loadu_si512(w + j * ps);
+#pragma GCC unroll 4
+            for (int i = 0; i < MR; ++i) dpbusd(acc[i][j], xb[i], wv);
+        }
+    }
+    const __mmask16 mlast = mask16(L - 16 * (NP - 1));  // earlier panels are full
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; ++i) {
+        __m512 y[NP];
+        __m512 mx = _mm512_set1_ps(-INFINITY);
+#pragma GCC unroll 8
+        for (int j = 0; j < NP; ++j) {
+            y[j] = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[i][j]), _mm512_loadu_ps(ks + 16 * j));
+            mx = j + 1 < NP ? _mm512_max_ps(mx, y[j]) : _mm512_mask_max_ps(mx, mlast, mx, y[j]);
+        }
+        // x = (y - max) * sq[i] = fma(y, sq, -(max * sq))
+        const float sqi = sq[i];
+        const __m512 sqv = _mm512_set1_ps(sqi), nms = _mm512_set1_ps(-(avx512::hmax(mx) * sqi));
+        __m512i sum = _mm512_setzero_si512(), sum64 = _mm512_setzero_si512();
+        unsigned char* pr = p8 + i * ldp;
+        int j = 0;
+#pragma GCC unroll 2
+        for (; j + 4 <= NP; j += 4) {  // 64 numerators -> one 64-byte store (saturating packs, then the lane order)
+            const __m512i a = p255(_mm512_fmadd_ps(y[j], sqv, nms), j + 1 < NP ? __mmask16(0xFFFF) : mlast);
+            const __m512i b = p255(_mm512_fmadd_ps(y[j + 1], sqv, nms), j + 2 < NP ? __mmask16(0xFFFF) : mlast);
+            const __m512i c = p255(_mm512_fmadd_ps(y[j + 2], sqv, nms), j + 3 < NP ? __mmask16(0xFFFF) : mlast);
+            const __m512i d = p255(_mm512_fmadd_ps(y[j + 3], sqv, nms), j + 4 < NP ? __mmask16(0xFFFF) : mlast);
+            const __m512i bytes = _mm512_packus_epi16(_mm512_packus_epi32(a, b), _mm512_packus_epi32(c, d));
+            sum64 = _mm512_add_epi64(sum64, _mm512_sad_epu8(bytes, _mm512_setzero_si512()));  // of the stored bytes
+            // per 128-bit lane l the packs give a[4l..4l+3] b[..] c[..] d[..]: dword 4l + v holds vector v's group l
+            const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+            _mm512_storeu_si512(pr + 16 * j, _mm512_permutexvar_epi32(order, bytes));
+        }
+#pragma GCC unroll 3
+        for (; j < NP; ++j) {
+            const __m512i a = p255(_mm512_fmadd_ps(y[j], sqv, nms), j + 1 < NP ? __mmask16(0xFFFF) : mlast);
+            sum = _mm512_add_epi32(sum, clamp255(a));
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(pr + 16 * j), _mm512_cvtusepi32_epi8(a));
+        }
+        sums[i] = static_cast<std::int32_t>(_mm512_reduce_add_epi64(_mm512_add_epi64(sum64, _mm512_cvtepu32_epi64(
+            _mm256_add_epi32(_mm512_castsi512_si256(sum), _mm512_extracti64x4_epi64(sum, 1))))));
+    }
+}
+
+/// P V of MR probability rows (u8, stride ldp) x ND channel panels: ctx = float(acc) * (inv[i] * sv[c]) as gemm_s8's
+/// epilogue; the accumulators start from V's zero row sums (P is genuinely unsigned). Rows are addressed from bases
+/// every 4 rows with ldp / 3 ldp index registers (as the GEMM kernel), so GCC keeps no row pointers on the stack.
+template <int MR, int ND>
+BERTLET_TARGET_S8A inline void pv_tile(const unsigned char* p8, std::ptrdiff_t ldp, const float* inv,
+                                       const unsigned char* vp, std::ptrdiff_t vps, const std::int32_t* vz,
+                                       const float* sv, std::ptrdiff_t groups, std::ptrdiff_t D, float* ctx,
+                                       std::ptrdiff_t ldc) {
+    __m512i acc[MR][ND];
+#pragma GCC unroll 4
+    for (int j = 0; j < ND; ++j) {
+        const __m512i z = _mm512_loadu_si512(vz + 16 * j);
+#pragma GCC unroll 12
+        for (int i = 0; i < MR; ++i) acc[i][j] = z;
+    }
+    const std::ptrdiff_t ldp3 = 3 * ldp;
+    const unsigned char* x0 = p8;
+    const unsigned char* w = vp;
+    for (std::ptrdiff_t g = 0; g < groups; ++g, x0 += 4, w += 64) {
+        __m512i wv[ND];
+#pragma GCC unroll 4
+        for (int j = 0; j < ND; ++j) wv[j] = _mm512_loadu_si512(w + j * vps);
+#pragma GCC unroll 12
+        for (int i = 0; i < MR; ++i) {
+            const unsigned char* base = x0 + (i / 4) * 4 * ldp;
+            const int r = i & 3;
+            const unsigned char* xp = r == 0 ? base : r == 1 ? base + ldp : r == 2 ? base + 2 * ldp : base + ldp3;
+            const __m512i xb = _mm512_set1_epi32(s8_load32(xp));
+#pragma GCC unroll 4
+            for (int j = 0; j < ND; ++j) dpbusd(acc[i][j], xb, wv[j]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int j = 0; j < ND; ++j) {
+        const __m512 svj = _mm512_loadu_ps(sv + 16 * j);
+        const __mmask16 m = mask16(D - 16 * j);
+#pragma GCC unroll 12
+        for (int i = 0; i < MR; ++i)
+            _mm512_mask_storeu_ps(ctx + i * ldc + 16 * j, m,
+                                  _mm512_mul_ps(_mm512_cvtepi32_ps(acc[i][j]), _mm512_mul_ps(_mm512_set1_ps(inv[i]), svj)));
+    }
+}
+
+/// Calls f(integral_constant<int, N>) for a run-time n in 1..8.
+template <class F>
+BERTLET_TARGET_S8A inline void with_n8(std::ptrdiff_t n, F&& f) {
+    switch (n) {
+        case 1: f(std::integral_constant<int, 1>{}); return;
+        case 2: f(std::integral_constant<int, 2>{}); return;
+        case 3: f(std::integral_constant<int, 3>{}); return;
+        case 4: f(std::integral_constant<int, 4>{}); return;
+        case 5: f(std::integral_constant<int, 5>{}); return;
+        case 6: f(std::integral_constant<int, 6>{}); return;
+        case 7: f(std::integral_constant<int, 7>{}); return;
+        default: f(std::integral_constant<int, 8>{}); return;
+    }
+}
+
+/// P V for `rows` rows (<= rb) in tiles of 24 / ND accumulators' rows (at most 12), then 4, 2, 1.
+template <int ND>
+BERTLET_TARGET_S8A inline void pv_rows(const layout& y, const unsigned char* p8, const float* inv, std::ptrdiff_t rows,
+                                       const unsigned char* base, float* ctx, std::ptrdiff_t ldc) {
+    constexpr int MR = ND <= 2 ? 12 : ND == 3 ? 8 : 6;
+    const auto* vp = base + y.o_vp;
+    const auto* vz = reinterpret_cast<const std::int32_t*>(base + y.o_vz);
+    const auto* sv = reinterpret_cast<const float*>(base + y.o_sv);
+    const std::ptrdiff_t vps = 16 * y.lp4, groups = y.lp4 / 4;
+    std::ptrdiff_t i = 0;
+    for (; i + MR <= rows; i += MR)
+        pv_tile<MR, ND>(p8 + i * y.ldp, y.ldp, inv + i, vp, vps, vz, sv, groups, y.D, ctx + i * ldc, ldc);
+    for (; i + 4 <= rows; i += 4)
+        pv_tile<4, ND>(p8 + i * y.ldp, y.ldp, inv + i, vp, vps, vz, sv, groups, y.D, ctx + i * ldc, ldc);
+    if (i + 2 <= rows) {
+        pv_tile<2, ND>(p8 + i * y.ldp, y.ldp, inv + i, vp, vps, vz, sv, groups, y.D, ctx + i * ldc, ldc);
+        i += 2;
+    }
+    if (i < rows) pv_tile<1, ND>(p8 + i * y.ldp, y.ldp, inv + i, vp, vps, vz, sv, groups, y.D, ctx + i * ldc, ldc);
+}
+
+/// One head: prepare, then per block of rb query rows: Q K^T in register tiles of 3 rows x up to 8 key panels
+/// (scores and row maxima), the softmax into u8 P rows, P V in register tiles (kernels above; the integer sums and
+/// float operations of gemm_s8's VNNI kernel, so the bits are the reference's).
 BERTLET_TARGET_S8A inline void attention_head(const float* q, const float* k, const float* v, std::ptrdiff_t ld,
                                               float* ctx, std::ptrdiff_t ldc, std::ptrdiff_t L, std::ptrdiff_t D,
                                               float scale, void* scratch) {
@@ -337,62 +536,74 @@ BERTLET_TARGET_S8A inline void attention_head(const float* q, const float* k, co
     auto* base = reinterpret_cast<unsigned char*>((reinterpret_cast<std::uintptr_t>(scratch) + 63) &
                                                   ~static_cast<std::uintptr_t>(63));
     prepare(y, q, k, v, ld, scale * log2e, base);
-    // K (L rows of D) and V^T (D rows of L) as int8 "weights" for the GEMM kernel, from their offsets in scratch
-    const auto weights = [base](std::size_t o_data, std::size_t o_scales, std::size_t o_sums, std::ptrdiff_t n,
-                                std::ptrdiff_t k, std::ptrdiff_t k_padded) {
-        packed_s8 w;
-        w.data = reinterpret_cast<const std::int8_t*>(base + o_data);
-        w.scales = reinterpret_cast<const float*>(base + o_scales);
-        w.row_sums = reinterpret_cast<const std::int32_t*>(base + o_sums);
-        w.n = static_cast<std::size_t>(n);
-        w.k = static_cast<std::size_t>(k);
-        w.k_padded = static_cast<std::size_t>(k_padded);
-        return w;
-    };
-    const packed_s8 kw = weights(y.o_kp, y.o_ks, y.o_kc, L, D, y.dq);
-    const packed_s8 vw = weights(y.o_vp, y.o_sv, y.o_vz, D, L, y.lp4);
-    const auto u = [](std::ptrdiff_t x) { return static_cast<std::size_t>(x); };
-    auto* sq = reinterpret_cast<float*>(base + y.o_sq);
+    const auto* q8 = base + y.o_q8;
+    const auto* kp = base + y.o_kp;
+    const auto* kc = reinterpret_cast<const std::int32_t*>(base + y.o_kc);
+    const auto* ks = reinterpret_cast<const float*>(base + y.o_ks);
+    const auto* sq = reinterpret_cast<const float*>(base + y.o_sq);
     auto* s = reinterpret_cast<float*>(base + y.o_s);
     auto* p8 = base + y.o_p;
     auto* inv = reinterpret_cast<float*>(base + y.o_inv);
+    const std::ptrdiff_t dq = y.dq, lds = y.lds;
     for (std::ptrdiff_t i0 = 0; i0 < L; i0 += rb) {
         const std::ptrdiff_t rows = std::min<std::ptrdiff_t>(rb, L - i0);
-        const s8_activations qa = u8_rows(base + y.o_q8 + i0 * y.dq, y.dq, sq + i0, rows, D);
-        gemm_s8_q(s8_path::avx512_vnni, qa, kw, s8_epilogue{}, s, u(y.lds));
-        // softmax in three sweeps over the block's rows (row maxima, numerators, reciprocal sums), so the horizontal
-        // reductions of different rows overlap instead of each row waiting on its own
-        alignas(64) float mxr[rb];
         alignas(64) std::int32_t sums[rb + 16];
-        for (std::ptrdiff_t i = 0; i < rows; ++i) {
-            const float* sr = s + i * y.lds;
-            __m512 mx = _mm512_set1_ps(-INFINITY);
-            for (std::ptrdiff_t t = 0; t < L; t += 16) {
-                const __mmask16 m = mask16(L - t);
-                mx = _mm512_mask_max_ps(mx, m, mx, _mm512_maskz_loadu_ps(m, sr + t));
+        if (y.np <= 8) {  // all keys of a row in registers: scores, maxima and numerators in one tile
+            for (std::ptrdiff_t r0 = 0; r0 < rows; r0 += 3) {
+                const std::ptrdiff_t mr = std::min<std::ptrdiff_t>(3, rows - r0);
+                const unsigned char* qr = q8 + (i0 + r0) * dq;
+                with_n8(y.np, [&](auto npc) BERTLET_TARGET_S8A {
+                    constexpr int NP = decltype(npc)::value;
+                    unsigned char* pr = p8 + r0 * y.ldp;
+                    if (mr == 3) qk_softmax_tile<3, NP>(qr, dq, sq + i0 + r0, kp, kc, ks, L, pr, y.ldp, sums + r0);
+                    else if (mr == 2) qk_softmax_tile<2, NP>(qr, dq, sq + i0 + r0, kp, kc, ks, L, pr, y.ldp, sums + r0);
+                    else qk_softmax_tile<1, NP>(qr, dq, sq + i0 + r0, kp, kc, ks, L, pr, y.ldp, sums + r0);
+                });
             }
-            mxr[i] = avx512::hmax(mx);
+        } else {
+        alignas(64) float mxr[rb];
+        for (std::ptrdiff_t r0 = 0; r0 < rows; r0 += 3) {
+            const std::ptrdiff_t mr = std::min<std::ptrdiff_t>(3, rows - r0);
+            __m512 mx[3] = {_mm512_set1_ps(-INFINITY), _mm512_set1_ps(-INFINITY), _mm512_set1_ps(-INFINITY)};
+            const unsigned char* qr = q8 + (i0 + r0) * dq;
+            for (std::ptrdiff_t p0 = 0; p0 < y.np; p0 += 8) {
+                with_n8(std::min<std::ptrdiff_t>(8, y.np - p0), [&](auto npc) BERTLET_TARGET_S8A {
+                    constexpr int NP = decltype(npc)::value;
+                    const auto* kpp = kp + p0 * 16 * dq;
+                    float* sr = s + r0 * lds + 16 * p0;
+                    if (mr == 3) qk_tile<3, NP>(qr, dq, kpp, kc + 16 * p0, ks + 16 * p0, L - 16 * p0, sr, lds, mx);
+                    else if (mr == 2) qk_tile<2, NP>(qr, dq, kpp, kc + 16 * p0, ks + 16 * p0, L - 16 * p0, sr, lds, mx);
+                    else qk_tile<1, NP>(qr, dq, kpp, kc + 16 * p0, ks + 16 * p0, L - 16 * p0, sr, lds, mx);
+                });
+            }
+            for (std::ptrdiff_t r = 0; r < mr; ++r) mxr[r0 + r] = avx512::hmax(mx[r]);
         }
         for (std::ptrdiff_t i = 0; i < rows; ++i) {
-            const float* sr = s + i * y.lds;
-            const __m512 mv = _mm512_set1_ps(mxr[i]);
+            const float* sr = s + i * lds;
+            const float sqi = sq[i0 + i];
+            const __m512 sqv = _mm512_set1_ps(sqi), nms = _mm512_set1_ps(-(mxr[i] * sqi));
             __m512i sum = _mm512_setzero_si512();
             unsigned char* pr = p8 + i * y.ldp;
             for (std::ptrdiff_t t = 0; t < y.lp4; t += 16) {
                 const __mmask16 m = mask16(L - t);
-                const __m512 e = exp2_255(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sr + t), mv));
-                // 255 at the row's maximum; the clamp is for safety only (e <= 255 up to rounding)
-                const __m512i pi = _mm512_min_epi32(_mm512_maskz_cvtps_epi32(m, e), _mm512_set1_epi32(255));
+                const __m512i pi = clamp255(p255(_mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, sr + t), sqv, nms), m));
                 sum = _mm512_add_epi32(sum, pi);
                 _mm_storeu_si128(reinterpret_cast<__m128i*>(pr + t), _mm512_cvtusepi32_epi8(pi));
             }
             sums[i] = _mm512_reduce_add_epi32(sum);
         }
+        }
         for (std::ptrdiff_t i = 0; i < rows; i += 16) {  // 1 / float(sum), 16 rows per vdivps (IEEE: same bits)
             const __m512 sm = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(mask16(rows - i), sums + i));
             _mm512_storeu_ps(inv + i, _mm512_div_ps(_mm512_set1_ps(1.0f), sm));
         }
-        gemm_s8_q(s8_path::avx512_vnni, u8_rows(p8, y.ldp, inv, rows, L), vw, s8_epilogue{}, ctx + i0 * ldc, u(ldc));
+        float* c = ctx + i0 * ldc;
+        switch (y.nd) {
+            case 1: pv_rows<1>(y, p8, inv, rows, base, c, ldc); break;
+            case 2: pv_rows<2>(y, p8, inv, rows, base, c, ldc); break;
+            case 3: pv_rows<3>(y, p8, inv, rows, base, c, ldc); break;
+            default: pv_rows<4>(y, p8, inv, rows, base, c, ldc); break;
+        }
     }
 }
 
