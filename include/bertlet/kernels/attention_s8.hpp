@@ -239,6 +239,48 @@ BERTLET_TARGET_S8A inline __m512i p255(__m512 x, __mmask16 m) {
 /// p255's clamp for one vector stored with vpmovusdb (unsigned saturation): the same value, for the row sum.
 BERTLET_TARGET_S8A inline __m512i clamp255(__m512i q) { return _mm512_min_epu32(q, _mm512_set1_epi32(255)); }
 
+/// acc += u8 x s8 dot products of 4 (vpdpbusd). GCC 12 copies every accumulator of an intrinsic's loop-carried
+/// `acc = _mm512_dpbusd_epi32(acc, ...)` into a fresh register and back each iteration (and spills some: the
+/// attention tiles below ran 2x slower); the asm form with a tied "+v" operand keeps each in one register.
+BERTLET_TARGET_S8A inline void dpbusd(__m512i& acc, __m512i x, __m512i w) {
+#if defined(__GNUC__) && !defined(__clang__)
+    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(x), "v"(w));
+#else
+    acc = _mm512_dpbusd_epi32(acc, x, w);
+#endif
+}
+
+/// Lane i = the maximum of v[i]'s lanes, for 16 vectors at once (a shuffle tree: 45 operations instead of 16
+/// horizontal reductions). The inputs hold no NaN (absolute values accumulated by vmaxps), so the order is free.
+BERTLET_TARGET_S8A inline __m512 hmax16(const __m512* v) {
+    __m512 u[8], w[4], x[2];
+    for (int k = 0; k < 8; ++k)  // 128-bit chunks [a0|a2, a1|a3, b0|b2, b1|b3]
+        u[k] = _mm512_max_ps(_mm512_shuffle_f32x4(v[2 * k], v[2 * k + 1], 0x44),
+                             _mm512_shuffle_f32x4(v[2 * k], v[2 * k + 1], 0xEE));
+    for (int k = 0; k < 4; ++k)  // chunk c: 4 partial maxima of row 4 k + c
+        w[k] = _mm512_max_ps(_mm512_shuffle_f32x4(u[2 * k], u[2 * k + 1], 0x88),
+                             _mm512_shuffle_f32x4(u[2 * k], u[2 * k + 1], 0xDD));
+    for (int k = 0; k < 2; ++k)
+        x[k] = _mm512_max_ps(_mm512_shuffle_ps(w[2 * k], w[2 * k + 1], 0x44), _mm512_shuffle_ps(w[2 * k], w[2 * k + 1], 0xEE));
+    // lane 4 c + j: row 4 j + c
+    const __m512 r = _mm512_max_ps(_mm512_shuffle_ps(x[0], x[1], 0x88), _mm512_shuffle_ps(x[0], x[1], 0xDD));
+    return _mm512_permutexvar_ps(_mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0), r);
+}
+
+/// max(|x|) lane-wise over a row of D <= 64 floats (absmax_row before its horizontal step).
+BERTLET_TARGET_S8A inline __m512 absmax_lanes(const float* x, std::ptrdiff_t D) {
+    __m512 m = _mm512_setzero_ps();
+    for (std::ptrdiff_t i = 0; i < D; i += 16)
+        m = _mm512_max_ps(_mm512_abs_ps(_mm512_maskz_loadu_ps(mask16(D - i), x + i)), m);
+    return m;
+}
+
+/// round(x * inv) clamped to +-127 as int32 lanes, without the upper clamp: x * inv <= 127 up to rounding, so the
+/// conversion gives at most 127 (NaN -> INT_MIN -> -127, as q127 and the reference).
+BERTLET_TARGET_S8A inline __m512i q127lo(__m512 x, __m512 inv) {
+    return _mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(x, inv)), _mm512_set1_epi32(-127));
+}
+
 /// Quantizes Q (u8 = q8 + 128, rows of dq bytes), K (S8P16K4 panels, corrections, scaled key scales) and V
 /// (S8P16K4 panels over channels, channel scales) into the scratch.
 BERTLET_TARGET_S8A inline void prepare(const layout& y, const float* q, const float* k, const float* v,
@@ -252,51 +294,66 @@ BERTLET_TARGET_S8A inline void prepare(const layout& y, const float* q, const fl
     auto* vp = base + y.o_vp;
     auto* sv = reinterpret_cast<float*>(base + y.o_sv);
     std::memset(base + y.o_vz, 0, static_cast<std::size_t>(y.nd * 16) * 4);  // V's row sums: P needs no correction
-    alignas(64) unsigned char row[64];
     auto* qinv = reinterpret_cast<float*>(base + y.o_qinv);
     auto* kinv = reinterpret_cast<float*>(base + y.o_kinv);
-    // Q and K (D <= 64 here: heads of BERT-family models; larger D takes the reference path) in three sweeps: row
-    // maxima, then scales and reciprocals 16 rows per vector, then the quantization, so no row waits on its own
-    // horizontal reduction and division (row by row that chain cost ~4 us of the ~14 us of a head)
-    for (std::ptrdiff_t i = 0; i < L; ++i) {
-        qinv[i] = absmax_row(q + i * ld, D);
-        kinv[i] = absmax_row(k + i * ld, D);
-    }
+    // Q and K (D <= 64 here: heads of BERT-family models; larger D takes the reference path): row maxima 16 rows at a
+    // time (hmax16), scales and reciprocals 16 rows per vector; rows past L count as zero rows
     const __m512 c127 = _mm512_set1_ps(127.0f), s2 = _mm512_set1_ps(scale2), zero = _mm512_setzero_ps();
-    for (std::ptrdiff_t i = 0; i < y.np * 16; i += 16) {  // arrays hold np * 16 entries: the tail reads zeros
-        const __mmask16 m = mask16(L - i);
-        const __m512 qa = _mm512_maskz_loadu_ps(m, qinv + i), ka = _mm512_maskz_loadu_ps(m, kinv + i);
-        _mm512_storeu_ps(sq + i, _mm512_div_ps(qa, c127));
-        _mm512_storeu_ps(ks + i, _mm512_mul_ps(_mm512_div_ps(ka, c127), s2));  // (amax / 127) * scale2
-        _mm512_storeu_ps(qinv + i, _mm512_maskz_div_ps(_mm512_cmp_ps_mask(qa, zero, _CMP_GT_OQ), c127, qa));
-        _mm512_storeu_ps(kinv + i, _mm512_maskz_div_ps(_mm512_cmp_ps_mask(ka, zero, _CMP_GT_OQ), c127, ka));
+    for (std::ptrdiff_t i0 = 0; i0 < y.np * 16; i0 += 16) {
+        __m512 mq[16], mk[16];
+        for (std::ptrdiff_t i = 0; i < 16; ++i) {
+            const bool live = i0 + i < L;
+            mq[i] = live ? absmax_lanes(q + (i0 + i) * ld, D) : zero;
+            mk[i] = live ? absmax_lanes(k + (i0 + i) * ld, D) : zero;
+        }
+        const __m512 qa = hmax16(mq), ka = hmax16(mk);
+        _mm512_storeu_ps(sq + i0, _mm512_div_ps(qa, c127));
+        _mm512_storeu_ps(ks + i0, _mm512_mul_ps(_mm512_div_ps(ka, c127), s2));  // (amax / 127) * scale2
+        _mm512_storeu_ps(qinv + i0, _mm512_maskz_div_ps(_mm512_cmp_ps_mask(qa, zero, _CMP_GT_OQ), c127, qa));
+        _mm512_storeu_ps(kinv + i0, _mm512_maskz_div_ps(_mm512_cmp_ps_mask(ka, zero, _CMP_GT_OQ), c127, ka));
     }
     for (std::ptrdiff_t i = 0; i < L; ++i) {
         const float* x = q + i * ld;
         const __m512 inv = _mm512_set1_ps(qinv[i]);
         for (std::ptrdiff_t c = 0; c < dq; c += 16) {
             const __mmask16 m = mask16(D - c);
-            const __m512i v8 = _mm512_add_epi32(q127(_mm512_maskz_loadu_ps(m, x + c), inv), _mm512_set1_epi32(128));
+            const __m512i v8 = _mm512_add_epi32(q127lo(_mm512_maskz_loadu_ps(m, x + c), inv), _mm512_set1_epi32(128));
             _mm_mask_storeu_epi8(q8 + i * dq + c, mask16(dq - c), _mm512_cvtepi32_epi8(v8));
         }
     }
-    std::memset(kp, 0, static_cast<std::size_t>(y.np * 16 * dq));
-    for (std::ptrdiff_t t = L; t < y.np * 16; ++t) kc[t] = 0;  // padding keys: zero bytes, sums and scales
-    for (std::ptrdiff_t t = 0; t < L; ++t) {
-        const float* x = k + t * ld;
-        const __m512 inv = _mm512_set1_ps(kinv[t]);
-        __m512i sum = _mm512_setzero_si512();
-        for (std::ptrdiff_t c = 0; c < dq; c += 16) {
-            const __m512i v8 = q127(_mm512_maskz_loadu_ps(mask16(D - c), x + c), inv);
-            sum = _mm512_add_epi32(sum, v8);
-            _mm_store_si128(reinterpret_cast<__m128i*>(row + c), _mm512_cvtepi32_epi8(v8));
+    // K, 16 keys per panel: their int8 rows into a 16 x 64-byte block, then per k-group one gather of the 16 keys'
+    // dwords (the panel's 64 bytes) and one vpdpbusd with ones for the row sums (the VNNI kernel's -128 correction)
+    alignas(64) unsigned char blk[16 * 64];
+    const __m512i gidx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                            _mm512_set1_epi32(64));
+    const __m512i ones = _mm512_set1_epi8(1);
+    for (std::ptrdiff_t p = 0; p < y.np; ++p) {
+        for (std::ptrdiff_t i = 0; i < 16; ++i) {
+            const std::ptrdiff_t t = p * 16 + i;
+            unsigned char* row = blk + 64 * i;
+            if (t >= L) {  // padding keys: zero bytes (and zero sums and scales)
+                _mm512_store_si512(row, _mm512_setzero_si512());
+                continue;
+            }
+            const float* x = k + t * ld;
+            const __m512 inv = _mm512_set1_ps(kinv[t]);
+            for (std::ptrdiff_t c = 0; c < dq; c += 16)
+                _mm_store_si128(reinterpret_cast<__m128i*>(row + c),
+                                _mm512_cvtepi32_epi8(q127lo(_mm512_maskz_loadu_ps(mask16(D - c), x + c), inv)));
         }
-        kc[t] = _mm512_reduce_add_epi32(sum);  // the row sum: the VNNI kernel starts from -128 times it
-        // dword g of the row (k = 4g .. 4g+3) goes to panel t / 16, group g, slot t % 16
-        unsigned char* dst = kp + (t / 16) * 16 * dq + (t % 16) * 4;
-        for (std::ptrdiff_t g = 0; g < dq / 4; ++g) std::memcpy(dst + 64 * g, row + 4 * g, 4);
+        __m512i sum = _mm512_setzero_si512();
+        unsigned char* dst = kp + p * 16 * dq;
+        for (std::ptrdiff_t g = 0; g < dq / 4; ++g) {
+            const __m512i w = _mm512_i32gather_epi32(gidx, blk + 4 * g, 1);
+            dpbusd(sum, ones, w);
+            _mm512_store_si512(dst + 64 * g, w);
+        }
+        _mm512_storeu_si512(kc + 16 * p, sum);
     }
-    // V: channel maxima, then groups of 4 tokens interleaved into dwords (token t % 4 in byte t % 4)
+    // V: channel maxima, then groups of 4 tokens interleaved into dwords (token t % 4 in byte t % 4): the four
+    // int32 vectors narrowed by saturating packs (values in -127..127 already), then one byte shuffle per 128-bit lane
+    // turns [t0 c0..3 | t1 c0..3 | t2 .. | t3 ..] into [c0 t0..3 | c1 t0..3 | ..]
+    const __m512i tr = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15));
     for (std::ptrdiff_t dp = 0; dp < y.nd; ++dp) {
         const std::ptrdiff_t c0 = dp * 16;
         const __mmask16 m = mask16(D - c0);
@@ -307,28 +364,24 @@ BERTLET_TARGET_S8A inline void prepare(const layout& y, const float* q, const fl
         const __mmask16 live = _mm512_cmp_ps_mask(amax, _mm512_setzero_ps(), _CMP_GT_OQ);
         const __m512 inv = _mm512_maskz_div_ps(live, _mm512_set1_ps(127.0f), amax);
         unsigned char* dst = vp + dp * 16 * y.lp4;
-        const __m512i lo = _mm512_set1_epi32(0xFF);
-        for (std::ptrdiff_t t = 0; t < y.lp4; t += 4) {
+        std::ptrdiff_t t = 0;
+        for (; t + 4 <= L; t += 4) {
+            const float* r = v + t * ld + c0;
+            const __m512i b0 = q127lo(_mm512_maskz_loadu_ps(m, r), inv);
+            const __m512i b1 = q127lo(_mm512_maskz_loadu_ps(m, r + ld), inv);
+            const __m512i b2 = q127lo(_mm512_maskz_loadu_ps(m, r + 2 * ld), inv);
+            const __m512i b3 = q127lo(_mm512_maskz_loadu_ps(m, r + 3 * ld), inv);
+            const __m512i bytes = _mm512_packs_epi16(_mm512_packs_epi32(b0, b1), _mm512_packs_epi32(b2, b3));
+            _mm512_storeu_si512(dst + (t / 4) * 64, _mm512_shuffle_epi8(bytes, tr));
+        }
+        if (t < y.lp4) {  // the last 1..3 tokens, zero tokens after them
             __m512i b[4];
             for (int j = 0; j < 4; ++j)
-                b[j] = t + j < L ? q127(_mm512_maskz_loadu_ps(m, v + (t + j) * ld + c0), inv) : _mm512_setzero_si512();
-            const __m512i w = _mm512_or_si512(
-                _mm512_or_si512(_mm512_and_si512(b[0], lo), _mm512_slli_epi32(_mm512_and_si512(b[1], lo), 8)),
-                _mm512_or_si512(_mm512_slli_epi32(_mm512_and_si512(b[2], lo), 16), _mm512_slli_epi32(b[3], 24)));
-            _mm512_storeu_si512(dst + (t / 4) * 64, w);
+                b[j] = t + j < L ? q127lo(_mm512_maskz_loadu_ps(m, v + (t + j) * ld + c0), inv) : _mm512_setzero_si512();
+            const __m512i bytes = _mm512_packs_epi16(_mm512_packs_epi32(b[0], b[1]), _mm512_packs_epi32(b[2], b[3]));
+            _mm512_storeu_si512(dst + (t / 4) * 64, _mm512_shuffle_epi8(bytes, tr));
         }
     }
-}
-
-/// acc += u8 x s8 dot products of 4 (vpdpbusd). GCC 12 copies every accumulator of an intrinsic's loop-carried
-/// `acc = _mm512_dpbusd_epi32(acc, ...)` into a fresh register and back each iteration (and spills some: the
-/// attention tiles below ran 2x slower); the asm form with a tied "+v" operand keeps each in one register.
-BERTLET_TARGET_S8A inline void dpbusd(__m512i& acc, __m512i x, __m512i w) {
-#if defined(__GNUC__) && !defined(__clang__)
-    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(x), "v"(w));
-#else
-    acc = _mm512_dpbusd_epi32(acc, x, w);
-#endif
 }
 
 /// Q K^T of MR query rows x NP key panels (16 keys each) into the score rows s (stride lds, column 16 j of the
