@@ -75,9 +75,10 @@ def model_ops(seq: int, batch: int, cfg: dict) -> dict:
     return dict(linear=2.0 * T * L * (4 * H * H + 2 * H * I), attention=2.0 * 2 * batch * seq * seq * H * L)
 
 
-def roofline(peak: dict, cell: tuple[int, int], ort_ms: dict, bertlet_ms: dict, bf16_attention: bool) -> dict:
+def roofline(peak: dict, cell: tuple[int, int], ort_ms: dict, bertlet_ms: dict, attention: str) -> dict:
     """Per precision: the least time this core's arithmetic peak allows for the cell's operations (fp32: all of them
-    at the FMA peak; int8: the linears at the vpdpbusd peak, attention at the bf16 (or fp32) peak), each system's
+    at the FMA peak; int8: the linears at the vpdpbusd peak, attention at the peak of the precision bertlet's int8
+    run used for it: `attention` is its "attention" field, int8 / bf16 / fp32), each system's
     share of that peak, and the lowest bertlet/ORT ratio any implementation of the same operations could reach."""
     cfg = json.loads((CKPT / "config.json").read_text())
     ops = model_ops(cell[0], cell[1], cfg)
@@ -87,7 +88,7 @@ def roofline(peak: dict, cell: tuple[int, int], ort_ms: dict, bertlet_ms: dict, 
         out["fp32"] = dict(floor_ms=(ops["linear"] + ops["attention"]) / fp / 1e6, gflop=(ops["linear"] + ops["attention"]) / 1e9)
     i8, b16 = peak.get("int8_gops", -1), peak.get("bf16_gflops", -1)
     if i8 > 0 and fp > 0:
-        att_peak = b16 if bf16_attention and b16 > 0 else fp
+        att_peak = i8 if attention == "int8" else b16 if attention == "bf16" and b16 > 0 else fp
         out["int8"] = dict(floor_ms=ops["linear"] / i8 / 1e6 + ops["attention"] / att_peak / 1e6,
                            gflop=(ops["linear"] + ops["attention"]) / 1e9)
     for p, r in out.items():
@@ -779,8 +780,8 @@ def roofline_lines(res: dict) -> list[str]:
          "-1 = not available.", "",
          f"Operations at seq {TARGET['seq']}, batch {TARGET['batch']} (multiply-add = 2; embeddings, LayerNorm, "
          "softmax, GELU and pooling not counted, so every floor is a lower bound): fp32 floor = all at the fp32 "
-         "peak; int8 floor = the linears at the int8 peak + attention at the bf16 peak (bertlet's int8 attention "
-         "runs in bf16 on AVX512_BF16 CPUs).", "",
+         "peak; int8 floor = the linears at the int8 peak + attention at the peak of the precision bertlet's int8 "
+         "run used for it (int8 on AVX-512 VNNI CPUs, else bf16 on AVX512_BF16 CPUs, else fp32).", "",
          "| precision | G-op (MAC = 2) | floor at peak (ms) | bertlet (ms) | bertlet % of peak | ORT (ms) | ORT % of peak | "
          "lowest possible bertlet/ORT |", "|---|---|---|---|---|---|---|---|"]
     for p, r in roof.items():
@@ -1106,7 +1107,10 @@ def main(argv=None):
                                   else cell_ms.get((sysname, p)))
         res["roofline"] = roofline(peak, (T["seq"], T["batch"]), {p: med("ort", p) for p in ("fp32", "int8")},
                                    {p: med("bertlet", p) for p in ("fp32", "int8")},
-                                   bf16_attention=peak.get("bf16_gflops", -1) > 0)
+                                   attention=next((r.get("attention", "fp32") for r in lat
+                                                   if r["system"] == "bertlet" and r["precision"] == "int8"
+                                                   and (r["threads_requested"], r["seq"], r["batch"]) ==
+                                                   (T["threads"], T["seq"], T["batch"])), "fp32"))
     res["targets"] = targets(lat, cold, tok_res, int8_blob, systems, rounds, res.get("roofline"))
     print_summary(res)
     if str(args.results) != "-":

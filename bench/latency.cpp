@@ -279,7 +279,7 @@ const char* attention_kind(const bertlet::embedder& m) {
 void usage() {
     std::cerr << "usage: bertlet-latency --model FILE [--seq 16,128] [--batch 1,32] [--threads N] [--min-iters N]\n"
                  "         [--max-iters N] [--min-time S] [--max-time S] [--warmup-iters N] [--warmup-time S]\n"
-                 "         [--label NAME] [--info] [--fp32-attention | --int8-attention]\n"
+                 "         [--label NAME] [--info] [--fp32-attention | --int8-attention | --bf16-attention]\n"
                  "       bertlet-latency --peak   (CPU id + single-core fp32 / int8 / bf16 peaks, for the roofline)\n"
                  "       bertlet-latency --model FILE --tokenize-file TSV [--passes N] [--dump-ids OUT]\n";
 }
@@ -308,6 +308,7 @@ int main(int argc, char** argv) {
             else if (a == "--threads") threads = std::stoi(next());
             else if (a == "--fp32-attention") bf16_attention = int8_attention = false;
             else if (a == "--int8-attention") bf16_attention = false;
+            else if (a == "--bf16-attention") int8_attention = false;
             else if (a == "--iters" || a == "--min-iters") b.min_iters = std::stol(next());
             else if (a == "--max-iters") b.max_iters = std::stol(next());
             else if (a == "--min-time") b.min_time = std::stod(next());

@@ -23,7 +23,8 @@ struct options {
     std::size_t threads = 1;
     std::string arch;                 // empty: the best path the CPU has (or $BERTLET_FORCE_ARCH)
     bool fp32_attention = false;      // --fp32-attention (int8 models: neither int8 nor bf16 attention)
-    bool int8_attention = false;      // --int8-attention (int8 models: int8 attention even where bf16 exists)
+    bool int8_attention = false;      // --int8-attention (int8 models: int8 attention; the default where it exists)
+    bool bf16_attention = false;      // --bf16-attention (int8 models: bf16 attention even where int8 exists)
     std::vector<std::string> texts;  // positional
 };
 
@@ -279,6 +280,8 @@ options parse(int argc, char** argv, const char* usage, Extra&& extra) {
             o.fp32_attention = true;
         } else if (a == "--int8-attention") {
             o.int8_attention = true;
+        } else if (a == "--bf16-attention") {
+            o.bf16_attention = true;
         } else if (a == "--arch") {
             o.arch = value("--arch");
             if (o.arch != "scalar" && o.arch != "avx2" && o.arch != "avx512" && o.arch != "neon")
@@ -312,7 +315,7 @@ LoadOptions load_options_from(const options& o) {
     lo.verify = o.verify;
     lo.threads = o.threads;
     lo.bf16_attention = !o.fp32_attention && !o.int8_attention;
-    lo.int8_attention = !o.fp32_attention;
+    lo.int8_attention = !o.fp32_attention && !o.bf16_attention;
     if (o.arch == "scalar") lo.arch = bertlet::isa::scalar;
     else if (o.arch == "avx2") lo.arch = bertlet::isa::avx2;
     else if (o.arch == "avx512") lo.arch = bertlet::isa::avx512;

@@ -15,9 +15,10 @@ static const char* kUsage =
     "  --model FILE  a .bertlet blob (default: $BERTLET_MODEL)\n"
     "  --batch N     pairs embedded together (packed, no padding); default 32\n"
     "  --threads N   intra-op threads per forward pass (default 1)\n"
-    "  --fp32-attention  int8 models: keep attention's matmuls fp32 (default: bf16 on AVX512_BF16 CPUs, else int8\n"
-    "                    on AVX-512 VNNI CPUs)\n"
-    "  --int8-attention  int8 models: int8 attention matmuls even where bf16 ones exist (AVX-512 VNNI)\n"
+    "  --fp32-attention  int8 models: keep attention's matmuls fp32 (default: int8 on AVX-512 VNNI CPUs, else bf16\n"
+    "                    on AVX512_BF16 CPUs)\n"
+    "  --bf16-attention  int8 models: bf16 attention matmuls even where int8 ones exist (AVX512_BF16)\n"
+    "  --int8-attention  int8 models: int8 attention matmuls (the default where AVX-512 VNNI exists)\n"
     "  --arch NAME   kernel path: scalar, avx2, avx512, neon (default: the best this CPU has)\n"
     "Errors go to stderr as one line; the exit code is 1 (error) or 2 (usage).\n";
 

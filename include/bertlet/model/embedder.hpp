@@ -39,15 +39,16 @@ struct load_options {
     /// not depend on this number. Concurrent calls on one embedder share its workers one call at a time, so for
     /// many concurrent requests prefer threads = 1 and one calling thread per core.
     std::size_t threads = 1;
-    /// int8 models only: run attention's two matmuls (Q K^T, P V) in bf16 (fp32 accumulation and softmax) when the
-    /// avx512 path runs on a CPU with AVX512_BF16 (ignored elsewhere; fp32 and bf16 blobs never use it). On by
-    /// default: ~0.3 ms of 4.7 at seq 128 on Zen 5, with no measurable accuracy cost on STS-B dev (docs/INT8.md).
-    bool bf16_attention = true;
     /// int8 models only: run attention's two matmuls in int8 (Q, K per token, V per channel, softmax numerators as
-    /// u8; kernels/attention_s8.hpp) through the VNNI GEMM kernel when the avx512 path runs on a CPU with AVX-512 VNNI
-    /// and bf16 attention is not used (off, or no AVX512_BF16: e.g. Cascade Lake / Ice Lake). On by default: half
-    /// the time of fp32 attention per head, and on STS-B the embeddings stay within the int8 bars (docs/INT8.md).
+    /// u8; kernels/attention_s8.hpp, its own VNNI register-tile kernels) when the avx512 path runs on a CPU with
+    /// AVX-512 VNNI (ignored elsewhere; fp32 and bf16 blobs never use it). On by default and taken before bf16
+    /// attention: the fastest attention there (Zen 4: a whole int8 forward at seq 128 ~0.95x of the one with bf16
+    /// attention), and on STS-B the embeddings stay within the int8 bars (docs/INT8.md).
     bool int8_attention = true;
+    /// int8 models only: run attention's two matmuls (Q K^T, P V) in bf16 (fp32 accumulation and softmax) when the
+    /// avx512 path runs on a CPU with AVX512_BF16 and int8 attention is not used (off, or no VNNI). On by default:
+    /// ~0.3 ms of 4.7 at seq 128 on Zen 5, with no measurable accuracy cost on STS-B dev (docs/INT8.md).
+    bool bf16_attention = true;
 };
 
 /// verify() bounds for int8 models running bf16 attention (see embedder::verify).
