@@ -351,7 +351,6 @@ const int registered = [] {
         RegisterBenchmark(("vnni_7x4" + d).c_str(), bm_vnni_shape<7, 4>, s)->Unit(benchmark::kMicrosecond);
         RegisterBenchmark(("vnni_8x3" + d).c_str(), bm_vnni_shape<8, 3>, s)->Unit(benchmark::kMicrosecond);
         RegisterBenchmark(("vnni_8x2" + d).c_str(), bm_vnni_shape<8, 2>, s)->Unit(benchmark::kMicrosecond);
-        RegisterBenchmark(("vnni_12x2" + d).c_str(), bm_vnni_shape<12, 2>, s)->Unit(benchmark::kMicrosecond);
         RegisterBenchmark(("vnni_4x6" + d).c_str(), bm_vnni_shape<4, 6>, s)->Unit(benchmark::kMicrosecond);
 #endif
     }

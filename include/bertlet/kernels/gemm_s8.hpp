@@ -814,11 +814,51 @@ void s8_quantize_rows_avx512(const float* X, std::size_t ldx, const float* cs, s
     }
 }
 
+// Epilogue kinds the AVX-512 VNNI kernel is compiled for, so the encoder's linears run their epilogue without a
+// branch per output vector (bias / residual / activation tests and the panel-count checks, and the scalar work
+// around them, were ~1/7 of the kernel's time at seq 128). s8_ep_generic tests the job at run time.
+inline constexpr int s8_ep_generic = 0, s8_ep_bias = 1, s8_ep_bias_res = 2, s8_ep_bias_gelu = 3;
+
+/// The epilogue kind of a job (s8_ep_generic when no specialised one matches).
+inline int s8_epilogue_kind(const s8_job& a) noexcept {
+    if (!a.bias) return s8_ep_generic;
+    if (!a.res && a.act == activation::none) return s8_ep_bias;
+    if (a.res && a.act == activation::none) return s8_ep_bias_res;
+    if (!a.res && a.act == activation::gelu_erf) return s8_ep_bias_gelu;
+    return s8_ep_generic;
+}
+
 // Epilogue of an MR x NR-panel tile (shared by both AVX-512 kernels; the VNNI kernel has already applied the u8
-// correction); per-panel operands loaded once, per-row scale broadcast once.
-template <int MR, int NR, bool RAW>
+// correction); per-panel operands loaded once, per-row scale broadcast once. EP: s8_ep_* (the same operations in
+// the same order for every kind, so the same bits).
+template <int MR, int NR, bool RAW, int EP = s8_ep_generic>
 BERTLET_TARGET(BERTLET_S8_AVX512) __attribute__((always_inline))
 inline void s8_tile_store_avx512(const s8_job& a, std::size_t m0, std::size_t p0, __m512i (&acc)[MR][NR]) {
+    if constexpr (!RAW && EP != s8_ep_generic) {
+        if ((p0 + NR) * 16 <= a.N) {  // whole panels: no masks, no per-vector tests
+            __m512 ws[NR], bias[NR];
+#pragma GCC unroll 8
+            for (int j = 0; j < NR; ++j) {
+                ws[j] = _mm512_loadu_ps(a.w->scales + (p0 + j) * 16);
+                bias[j] = _mm512_loadu_ps(a.bias + (p0 + j) * 16);
+            }
+#pragma GCC unroll 16
+            for (int i = 0; i < MR; ++i) {
+                const std::size_t m = m0 + i;
+                const __m512 sxv = _mm512_set1_ps(a.sx[m]);
+                float* yr = a.Y + m * a.ldy + p0 * 16;
+#pragma GCC unroll 8
+                for (int j = 0; j < NR; ++j) {
+                    __m512 y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][j]), _mm512_mul_ps(sxv, ws[j]), bias[j]);
+                    if constexpr (EP == s8_ep_bias_res)
+                        y = _mm512_add_ps(y, _mm512_loadu_ps(a.res + m * a.ldr + (p0 + j) * 16));
+                    if constexpr (EP == s8_ep_bias_gelu) y = s8_gelu_avx512(y);
+                    _mm512_storeu_ps(yr + j * 16, y);
+                }
+            }
+            return;
+        }
+    }
     __mmask16 mk[NR];
     __m512 ws[NR], bias[NR];
     int np = 0;  // panels with columns < N
@@ -899,9 +939,10 @@ struct s8_fam_avx512 {
 
 // AVX-512 VNNI: vpdpbusd u8 (x + 128) x s8 weights, 4 k per lane, 16 output columns per zmm. MR x NR zmm
 // accumulators; per k group NR weight loads and MR broadcasts feed MR * NR vpdpbusd.
-template <int MR, int NR, bool RAW>
+template <int MR, int NR, bool RAW, int EP = s8_ep_generic>
 BERTLET_TARGET(BERTLET_S8_AVX512 ",avx512vnni")
 void s8_kernel_avx512_vnni(const s8_job& a, std::size_t m0, std::size_t p0) {
+    static_assert(MR <= 8, "rows are addressed from two bases of 4 rows each");
     const std::size_t ps = 16 * a.w->k_padded;
     const std::int8_t* wp = a.w->data + p0 * ps;
     // the accumulators start at -128 * row_sum (the u8 correction; no overflow: |acc| < 383 * 127 * K < 2^31 for
@@ -956,14 +997,14 @@ void s8_kernel_avx512_vnni(const s8_job& a, std::size_t m0, std::size_t p0) {
             }
         }
     }
-    s8_tile_store_avx512<MR, NR, RAW>(a, m0, p0, acc);
+    s8_tile_store_avx512<MR, NR, RAW, EP>(a, m0, p0, acc);
 }
 
-template <int MR_, int NR_>
+template <int MR_, int NR_, int EP = s8_ep_generic>
 struct s8_fam_avx512_vnni_t {
     static constexpr int MR = MR_, NR = NR_;
     template <int R, int P, bool RAW>
-    static void kern(const s8_job& a, std::size_t m, std::size_t p) { s8_kernel_avx512_vnni<R, P, RAW>(a, m, p); }
+    static void kern(const s8_job& a, std::size_t m, std::size_t p) { s8_kernel_avx512_vnni<R, P, RAW, EP>(a, m, p); }
 };
 using s8_fam_avx512_vnni = s8_fam_avx512_vnni_t<8, 3>;
 
@@ -1198,7 +1239,21 @@ inline void s8_run(s8_path p, const s8_job& a, std::size_t m0, std::size_t m1, s
         case s8_path::avx2: s8_drive<s8_fam_avx2, RAW>(a, m0, m1, p0, p1); return;
         case s8_path::avx_vnni: s8_drive<s8_fam_avx_vnni, RAW>(a, m0, m1, p0, p1); return;
         case s8_path::avx512: s8_drive<s8_fam_avx512, RAW>(a, m0, m1, p0, p1); return;
-        case s8_path::avx512_vnni: s8_drive<s8_fam_avx512_vnni, RAW>(a, m0, m1, p0, p1); return;
+        case s8_path::avx512_vnni:
+            if constexpr (!RAW) {
+                switch (s8_epilogue_kind(a)) {
+                    case s8_ep_bias: s8_drive<s8_fam_avx512_vnni_t<8, 3, s8_ep_bias>, false>(a, m0, m1, p0, p1); return;
+                    case s8_ep_bias_res:
+                        s8_drive<s8_fam_avx512_vnni_t<8, 3, s8_ep_bias_res>, false>(a, m0, m1, p0, p1);
+                        return;
+                    case s8_ep_bias_gelu:
+                        s8_drive<s8_fam_avx512_vnni_t<8, 3, s8_ep_bias_gelu>, false>(a, m0, m1, p0, p1);
+                        return;
+                    default: break;
+                }
+            }
+            s8_drive<s8_fam_avx512_vnni, RAW>(a, m0, m1, p0, p1);
+            return;
 #endif
 #if defined(BERTLET_S8_NEON)
         case s8_path::neon_dot: s8_drive<s8_fam_neon_dot, RAW>(a, m0, m1, p0, p1); return;
