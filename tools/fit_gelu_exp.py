@@ -15,6 +15,10 @@ GELU (kernels/avx2.hpp and kernels/avx512.hpp gelu_erf_ps):
   GELU(v) = v or exactly 0. P_0(0) = 0: GELU(0) = 0.
   Fit: minimax in float64 (Lawson's iteratively reweighted least squares on Chebyshev nodes), then the coefficients
   are rounded to float32 from the highest degree down, refitting the lower ones after each rounding.
+GELU of the int8 epilogue (gemm_s8.hpp s8_gelu_q, tools/bertlet_tools/gelu_int8.py), scheme "int8":
+    GELU(v) = max(0, v) - q(min(|v|, AMAX)),  q(a) = 0.5 a erfc(a / sqrt 2),  AMAX = 6
+  q is 16 pieces of degree 3 in a itself (no local variable: two operations fewer), k = round(a S); q(0) = 0 is held,
+  and the last piece's constant term is nudged down until q(AMAX) <= 0 (it comes out at -7e-12).
 exp (kernels/avx512.hpp exp_ps): e^r on |r| <= ln2 / 2 (+ a margin for the rounding of x log2 e), degree 6,
   P(0) = 1 exactly (exp(0) = 1: a softmax row's maximum gives exactly 1), relative minimax, same rounding scheme.
 
@@ -97,6 +101,34 @@ def gelu_eval(s, amax, C, v):
     return fma32(a, p, f32(f32(0.5) * v)), p, ac
 
 
+def gelu_q_fit(npieces=16, end=6.0, degree=3):
+    s = f32((npieces - 0.5) / end)
+    amax = f32(end)
+    while np.float64(amax) * np.float64(s) >= npieces - 0.5:
+        amax = np.nextafter(amax, f32(0))
+    q = lambda a: 0.5 * a * erfc(a / math.sqrt(2.0))
+    pieces = []
+    for k in range(npieces):
+        lo, hi = max(0.0, (k - 0.5) / np.float64(s)), min(float(amax), (k + 0.5) / np.float64(s))
+        pieces.append(fit_f32(q, lo, hi, degree, {0: 0.0} if k == 0 else None))
+    C = np.array(pieces, dtype=np.float32)
+    while gelu_q_eval(s, amax, C, np.array([amax, amax], dtype=np.float32))[1][0] > 0:
+        C[-1, 0] = np.nextafter(C[-1, 0], f32(-1))
+    return s, amax, C
+
+
+def gelu_q_eval(s, amax, C, v):
+    """The int8 kernels' operations, in order."""
+    v = f32(v)
+    ac = np.minimum(np.abs(v), amax)
+    w = fma32(ac, s, f32(12582912.0))
+    k = (w.view(np.uint32) & 15).astype(np.int64)
+    p = C[k, -1].copy()
+    for j in range(C.shape[1] - 2, -1, -1):
+        p = fma32(p, ac, C[k, j])
+    return f32(np.maximum(f32(0), v) - p), p
+
+
 def exp_fit():
     return fit_f32(np.exp, -EXP_HALF_RANGE, EXP_HALF_RANGE, EXP_DEGREE, {0: 1.0}, rel=True)
 
@@ -131,6 +163,14 @@ def main():
         print(f"// grid check: GELU max abs err {err.max():.3e}, max err / (1 + |v|) "
               f"{(err / (1 + np.abs(vd))).max():.3e}, 2 g(a) - erf(a / sqrt 2) max {perr.max():.3e}, "
               f"g in [{p.min()}, {p.max()}]")
+
+    s, amax, C = gelu_q_fit()
+    print(f"// GELU, int8: 16 pieces of q(a) = 0.5 a erfc(a / sqrt 2), degree 3 in a; S = {lit(s)}, AMAX = {lit(amax)}")
+    for j in range(C.shape[1]):
+        print("    {" + ", ".join(lit(C[k, j]) for k in range(C.shape[0])) + "},")
+    y, _ = gelu_q_eval(s, amax, C, v)
+    err = np.abs(y - 0.5 * vd * erfc(-vd / math.sqrt(2.0)))
+    print(f"// grid check: GELU max abs err {err.max():.3e}, max err / (1 + |v|) {(err / (1 + np.abs(vd))).max():.3e}")
 
     c = exp_fit()
     print(f"// exp: degree {EXP_DEGREE}: " + ", ".join(lit(x) for x in c))

@@ -25,6 +25,7 @@ import numpy as np
 
 from . import calibrate as cal
 from . import quantize as qz
+from .gelu_int8 import gelu as gelu_int8
 from .goldens import read_stsb, stsb_spearman
 
 KINDS = ("query", "key", "value", "attn_out", "inter", "out")
@@ -128,7 +129,10 @@ class Sim:
             ctx = (s @ v).transpose(0, 2, 1, 3).reshape(B, T, H)
             x = self.ln(lin(ctx, "attn_out") + x, p + "attention.output.LayerNorm")
             h = lin(x, "inter")
-            h = 0.5 * h * (1.0 + erf(h / math.sqrt(2.0)))
+            if "inter" in int8_kinds:  # the int8 epilogue's piecewise GELU (gelu_int8.py)
+                h = gelu_int8(h)
+            else:
+                h = 0.5 * h * (1.0 + erf(h / math.sqrt(2.0)))
             if stats is not None:
                 for hb in h:
                     stats.setdefault(i, []).append(float(np.abs(hb).max() / (np.abs(hb).mean() + 1e-12)))

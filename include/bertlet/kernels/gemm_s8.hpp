@@ -298,34 +298,43 @@ inline float s8_no_contract(float v) noexcept {
 inline float s8_min(float a, float b) noexcept { return a < b ? a : b; }  // vminps(a, b)
 inline float s8_max(float a, float b) noexcept { return a > b ? a : b; }  // vmaxps(a, b)
 
-/// GELU (erf form) of the int8 epilogue, every path: GELU(v) = 0.5 v + a g(a), a = |v|, g(a) ~ 0.5 erf(a / sqrt 2)
-/// piecewise quartic: a clamped to s8_gelu_amax, k = round(a S) in 0..15 (an FMA with 1.5 * 2^23 leaves k in the low
-/// mantissa bits), t = a S - k in [-0.5, 0.5], g = c0[k] + t (c1[k] + t (c2[k] + t (c3[k] + t c4[k]))) (Horner, FMAs).
-/// The table is packed.hpp's gelu16_c, also the AVX-512 fp32 GELU's (tools/fit_gelu_exp.py, scheme "avx512":
-/// minimax, g(0) = 0, g = 0.5 exactly at the clamp, so GELU(v) = v or exactly 0 beyond it); |error| <= 3.7e-7 and
-/// <= 7.9e-8 (1 + |v|) on [-12, 12] (the former erf_ps rational form: 2.2e-7 (1 + |v|), with a division). What
-/// matters here is its cost: on Zen 4 the epilogue's FMAs and multiplies take the pipes of vpdpbusd (one zmm of either
-/// per cycle) while vpermps does not; this form is 6 FMA-class operations per vector (the erf form ~16 and a
-/// division): 17 -> 9 cycles per vector next to vpdpbusd in a micro-benchmark, and the FFN GEMM with its GELU
-/// (128 x 384 x 1536) 405 -> 385 us.
-/// NaN -> NaN, +inf -> +inf, -inf -> NaN.
-inline constexpr float s8_gelu_s = gelu16_s;  // packed.hpp: the table of avx512::gelu_erf_ps as well
-inline constexpr float s8_gelu_amax = gelu16_amax;
-inline constexpr const auto& s8_gelu_c = gelu16_c;
+/// GELU (erf form) of the int8 epilogue, every path, bit for bit:
+///   GELU(v) = 0.5 v (1 + erf(v / sqrt 2)) = max(0, v) - q(|v|),  q(a) = 0.5 a erfc(a / sqrt 2)
+/// (for v < 0: 0.5 v erfc(-v / sqrt 2) = -q(-v)). q decays to ~0 by a = 6, so a is clamped there (AMAX); q is
+/// piecewise cubic in a itself (no local variable): k = round(a S) in 0..15 (an FMA with 1.5 * 2^23 leaves k in the
+/// low mantissa bits, the permute index), q = c0[k] + a (c1[k] + a (c2[k] + a c3[k])) (tools/fit_gelu_exp.py,
+/// scheme "int8": minimax, q(0) = 0 exactly, |q(AMAX)| = 7e-12). |GELU error| <= 8.1e-6 on [-12, 12]
+/// (<= 6.7e-6 (1 + |v|)): below 0.1 % of the int8 quantization step of the FFN input that follows (amax / 127 per
+/// token). Why this form: on Zen 4 vpdpbusd and FMAs share two pipes and every zmm operation takes half a cycle of
+/// the four vector pipes, and the epilogue's GELU ran at ~11 cycles per vector next to the k loop; this is 12
+/// operations (4 of them FMAs; the fp32 16-piece quartic in local coordinates that it replaces: 16 and 7).
+/// NaN -> NaN, +inf -> +inf, -inf -> ~0 (7e-12).
+inline constexpr float s8_gelu_s = 2.5833333f;  // 15.5 / 6: AMAX S = 15.5 - 2^-19 rounds to k = 15 at most
+inline constexpr float s8_gelu_amax = 6.0f;
+alignas(64) inline constexpr float s8_gelu_q[4][16] = {  // [coefficient of a^j][piece k]
+    {0.0f, -0.0008713963f, -0.0065103895f, 0.020800885f, 0.15709451f, 0.38712284f, 0.5674863f, 0.5769699f,
+     0.43648466f, 0.25563362f, 0.11883717f, 0.04459941f, 0.013677028f, 0.0034579814f, 0.0007257423f, 0.00012710538f},
+    {0.5000868f, 0.5106853f, 0.54213524f, 0.46292418f, 0.16397054f, -0.23420304f, -0.49247584f, -0.5066511f,
+     -0.3621953f, -0.19681402f, -0.08456843f, -0.029372519f, -0.008361554f, -0.0019696045f, -0.00038655187f,
+     -6.353656e-05f},
+    {-0.40167424f, -0.44620937f, -0.5055078f, -0.42883468f, -0.20956168f, 0.020642038f, 0.14406477f, 0.15085104f,
+     0.10130534f, 0.050865486f, 0.020151738f, 0.0064676013f, 0.0017074945f, 0.00037449424f, 6.8701236e-05f,
+     1.0594318e-05f},
+    {0.024480263f, 0.09085231f, 0.12853833f, 0.10376131f, 0.049978554f, 0.0055269785f, -0.014155349f, -0.015208842f,
+     -0.009540622f, -0.0044098655f, -0.0016072557f, -0.00047601902f, -0.000116449824f, -2.3767083e-05f,
+     -4.074018e-06f, -5.8926616e-07f},
+};
 inline constexpr float s8_gelu_magic = 12582912.0f;  // 1.5 * 2^23
 
 inline float s8_gelu_scalar(float v) noexcept {
-    const float a = std::fabs(v);
-    const float ac = s8_min(a, s8_gelu_amax);  // vminps(a, amax): a NaN a gives amax, so k stays in 0..15
+    const float ac = s8_min(std::fabs(v), s8_gelu_amax);  // vminps(a, amax): a NaN a gives amax, so k stays in 0..15
     const float w = std::fma(ac, s8_gelu_s, s8_gelu_magic);
-    const float kf = w - s8_gelu_magic;  // exact
-    const float t = std::fma(ac, s8_gelu_s, -kf);
     std::uint32_t bits;
     std::memcpy(&bits, &w, 4);
     const std::uint32_t k = bits & 15u;
-    float p = s8_gelu_c[4][k];
-    for (int j = 3; j >= 0; --j) p = std::fma(p, t, s8_gelu_c[j][k]);
-    return std::fma(a, p, 0.5f * v);
+    float p = s8_gelu_q[3][k];
+    for (int j = 2; j >= 0; --j) p = std::fma(p, ac, s8_gelu_q[j][k]);
+    return s8_max(0.0f, v) - p;  // vmaxps(0, v): NaN v gives v
 }
 
 /// exp: kernels/avx2.hpp's exp_ps (clamp to [-87.34, 88], Cephes polynomial, 2^n through the exponent field).
@@ -447,21 +456,18 @@ inline void s8_drive(const s8_job& a, std::size_t m0, std::size_t m1, std::size_
 // s8_gelu_scalar: a 16-entry table row is two 8-lane vpermps (k mod 8) merged by bit 3 of k (vblendvps reads the
 // sign bit, so k is shifted there).
 BERTLET_TARGET(BERTLET_S8_AVX2) inline __m256 s8_gelu_avx2(__m256 v) {
-    const __m256 a = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v);
-    const __m256 ac = _mm256_min_ps(a, _mm256_set1_ps(s8_gelu_amax));
-    const __m256 magic = _mm256_set1_ps(s8_gelu_magic);
-    const __m256 w = _mm256_fmadd_ps(ac, _mm256_set1_ps(s8_gelu_s), magic);
-    const __m256 t = _mm256_fmsub_ps(ac, _mm256_set1_ps(s8_gelu_s), _mm256_sub_ps(w, magic));
+    const __m256 ac = _mm256_min_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), v), _mm256_set1_ps(s8_gelu_amax));
+    const __m256 w = _mm256_fmadd_ps(ac, _mm256_set1_ps(s8_gelu_s), _mm256_set1_ps(s8_gelu_magic));
     const __m256i k = _mm256_castps_si256(w);
     const __m256 hi = _mm256_castsi256_ps(_mm256_slli_epi32(k, 28));
     const auto row = [k, hi](int j) BERTLET_TARGET(BERTLET_S8_AVX2) {
-        return _mm256_blendv_ps(_mm256_permutevar8x32_ps(_mm256_load_ps(s8_gelu_c[j]), k),
-                                _mm256_permutevar8x32_ps(_mm256_load_ps(s8_gelu_c[j] + 8), k), hi);
+        return _mm256_blendv_ps(_mm256_permutevar8x32_ps(_mm256_load_ps(s8_gelu_q[j]), k),
+                                _mm256_permutevar8x32_ps(_mm256_load_ps(s8_gelu_q[j] + 8), k), hi);
     };
-    __m256 p = row(4);
-#pragma GCC unroll 4
-    for (int j = 3; j >= 0; --j) p = _mm256_fmadd_ps(p, t, row(j));
-    return _mm256_fmadd_ps(a, p, _mm256_mul_ps(_mm256_set1_ps(0.5f), v));
+    __m256 p = row(3);
+#pragma GCC unroll 3
+    for (int j = 2; j >= 0; --j) p = _mm256_fmadd_ps(p, ac, row(j));
+    return _mm256_sub_ps(_mm256_max_ps(_mm256_setzero_ps(), v), p);
 }
 
 BERTLET_TARGET(BERTLET_S8_AVX2) inline __m256 s8_act_avx2(__m256 v, activation a) {
@@ -727,16 +733,13 @@ BERTLET_TARGET(BERTLET_S8_AVX512) inline __m512 s8_exp_avx512(__m512 x) {
 
 // s8_gelu_scalar: a 16-entry table row is one vpermps (avx512::gelu_erf_ps, with the clamp's operands swapped).
 BERTLET_TARGET(BERTLET_S8_AVX512) inline __m512 s8_gelu_avx512(__m512 v) {
-    const __m512 a = _mm512_abs_ps(v);
-    const __m512 ac = _mm512_min_ps(a, _mm512_set1_ps(s8_gelu_amax));
-    const __m512 magic = _mm512_set1_ps(s8_gelu_magic);
-    const __m512 w = _mm512_fmadd_ps(ac, _mm512_set1_ps(s8_gelu_s), magic);
-    const __m512 t = _mm512_fmsub_ps(ac, _mm512_set1_ps(s8_gelu_s), _mm512_sub_ps(w, magic));
-    const __m512i k = _mm512_castps_si512(w);
-    __m512 p = _mm512_permutexvar_ps(k, _mm512_load_ps(s8_gelu_c[4]));
-#pragma GCC unroll 4
-    for (int j = 3; j >= 0; --j) p = _mm512_fmadd_ps(p, t, _mm512_permutexvar_ps(k, _mm512_load_ps(s8_gelu_c[j])));
-    return _mm512_fmadd_ps(a, p, _mm512_mul_ps(_mm512_set1_ps(0.5f), v));
+    const __m512 ac = _mm512_min_ps(_mm512_abs_ps(v), _mm512_set1_ps(s8_gelu_amax));
+    const __m512i k = _mm512_castps_si512(
+        _mm512_fmadd_ps(ac, _mm512_set1_ps(s8_gelu_s), _mm512_set1_ps(s8_gelu_magic)));
+    __m512 p = _mm512_permutexvar_ps(k, _mm512_load_ps(s8_gelu_q[3]));
+#pragma GCC unroll 3
+    for (int j = 2; j >= 0; --j) p = _mm512_fmadd_ps(p, ac, _mm512_permutexvar_ps(k, _mm512_load_ps(s8_gelu_q[j])));
+    return _mm512_sub_ps(_mm512_max_ps(_mm512_setzero_ps(), v), p);
 }
 
 BERTLET_TARGET(BERTLET_S8_AVX512) inline __m512 s8_act_avx512(__m512 v, activation a) {
@@ -1033,22 +1036,19 @@ BERTLET_S8_DOTPROD inline float32x4_t s8n_max(float32x4_t a, float32x4_t b) {  /
 
 // s8_gelu_scalar; the table rows are read lane by lane (k is in 0..15 for every input, NaN included).
 BERTLET_S8_DOTPROD inline float32x4_t s8n_gelu(float32x4_t v) {
-    const float32x4_t a = vabsq_f32(v);
-    const float32x4_t ac = s8n_min(a, vdupq_n_f32(s8_gelu_amax));
-    const float32x4_t magic = vdupq_n_f32(s8_gelu_magic), s = vdupq_n_f32(s8_gelu_s);
-    const float32x4_t w = vfmaq_f32(magic, ac, s);
-    const float32x4_t t = vfmaq_f32(vnegq_f32(vsubq_f32(w, magic)), ac, s);  // fma(ac, S, -kf), kf exact
+    const float32x4_t ac = s8n_min(vabsq_f32(v), vdupq_n_f32(s8_gelu_amax));
+    const float32x4_t w = vfmaq_f32(vdupq_n_f32(s8_gelu_magic), ac, vdupq_n_f32(s8_gelu_s));
     const uint32x4_t k = vandq_u32(vreinterpretq_u32_f32(w), vdupq_n_u32(15));
     const std::uint32_t k0 = vgetq_lane_u32(k, 0), k1 = vgetq_lane_u32(k, 1), k2 = vgetq_lane_u32(k, 2),
                         k3 = vgetq_lane_u32(k, 3);
     const auto row = [&](int j) BERTLET_S8_DOTPROD {
-        const float* c = s8_gelu_c[j];
+        const float* c = s8_gelu_q[j];
         const float lanes[4] = {c[k0], c[k1], c[k2], c[k3]};
         return vld1q_f32(lanes);
     };
-    float32x4_t p = row(4);
-    for (int j = 3; j >= 0; --j) p = vfmaq_f32(row(j), p, t);
-    return vfmaq_f32(s8n_keep(vmulq_f32(vdupq_n_f32(0.5f), v)), a, p);
+    float32x4_t p = row(3);
+    for (int j = 2; j >= 0; --j) p = vfmaq_f32(row(j), p, ac);
+    return vsubq_f32(s8n_max(vdupq_n_f32(0.0f), v), p);
 }
 
 // exp: neon.hpp's exp_ps is s8_exp_scalar operation for operation (vfms(x, n, c) is fma(-n, c, x) exactly); its
