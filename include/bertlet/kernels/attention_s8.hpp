@@ -209,22 +209,6 @@ BERTLET_TARGET_S8A inline __mmask16 mask16(std::ptrdiff_t n) {
     return n <= 0 ? static_cast<__mmask16>(0) : static_cast<__mmask16>((1u << n) - 1u);
 }
 
-/// Row maximum of |x| over n floats (masked tail).
-BERTLET_TARGET_S8A inline float absmax_row(const float* x, std::ptrdiff_t n) {
-    __m512 m = _mm512_setzero_ps();
-    for (std::ptrdiff_t i = 0; i < n; i += 16) {
-        // vmaxps(|x|, m): a NaN x is skipped, as smax(|x|, amax) in the reference
-        m = _mm512_max_ps(_mm512_abs_ps(_mm512_maskz_loadu_ps(mask16(n - i), x + i)), m);
-    }
-    return avx512::hmax(m);
-}
-
-/// round(x * inv) clamped to +-127, as int32 lanes (NaN -> -127 as in the reference: cvtps gives INT_MIN).
-BERTLET_TARGET_S8A inline __m512i q127(__m512 x, __m512 inv) {
-    const __m512i c = _mm512_cvtps_epi32(_mm512_mul_ps(x, inv));
-    return _mm512_max_epi32(_mm512_min_epi32(c, _mm512_set1_epi32(127)), _mm512_set1_epi32(-127));
-}
-
 /// p255 on 16 lanes before its clamp (lanes outside m give 0): 6 vector operations (the store's saturating packs
 /// clamp; for finite rows the value is in 0..255 already, as x <= 0 up to one rounding).
 BERTLET_TARGET_S8A inline __m512i p255(__m512 x, __mmask16 m) {
@@ -267,14 +251,6 @@ BERTLET_TARGET_S8A inline __m512 hmax16(const __m512* v) {
     return _mm512_permutexvar_ps(_mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0), r);
 }
 
-/// max(|x|) lane-wise over a row of D <= 64 floats (absmax_row before its horizontal step).
-BERTLET_TARGET_S8A inline __m512 absmax_lanes(const float* x, std::ptrdiff_t D) {
-    __m512 m = _mm512_setzero_ps();
-    for (std::ptrdiff_t i = 0; i < D; i += 16)
-        m = _mm512_max_ps(_mm512_abs_ps(_mm512_maskz_loadu_ps(mask16(D - i), x + i)), m);
-    return m;
-}
-
 /// round(x * inv) clamped to +-127 as int32 lanes, without the upper clamp: x * inv <= 127 up to rounding, so the
 /// conversion gives at most 127 (NaN -> INT_MIN -> -127, as q127 and the reference).
 BERTLET_TARGET_S8A inline __m512i q127lo(__m512 x, __m512 inv) {
@@ -282,7 +258,12 @@ BERTLET_TARGET_S8A inline __m512i q127lo(__m512 x, __m512 inv) {
 }
 
 /// Quantizes Q (u8 = q8 + 128, rows of dq bytes), K (S8P16K4 panels, corrections, scaled key scales) and V
-/// (S8P16K4 panels over channels, channel scales) into the scratch.
+/// (S8P16K4 panels over channels, channel scales) into the scratch. ND = ceil(D / 16) chunks per row (only the last
+/// one masked). Q and K go 16 rows (one key panel) at a time, each block's rows read once and then hot: row maxima
+/// (hmax16), scales and reciprocals 16 rows per vector, Q's bytes, K's rows into a 16 x 64-byte block and from there
+/// per k-group one gather of the 16 keys' dwords (the panel's 64 bytes) and one vpdpbusd with ones for the row sums
+/// (the VNNI kernel's -128 correction). Rows past L are zero rows (zero bytes, sums and scales).
+template <int ND>
 BERTLET_TARGET_S8A inline void prepare(const layout& y, const float* q, const float* k, const float* v,
                                        std::ptrdiff_t ld, float scale2, unsigned char* base) {
     const std::ptrdiff_t L = y.L, D = y.D, dq = y.dq;
@@ -294,52 +275,52 @@ BERTLET_TARGET_S8A inline void prepare(const layout& y, const float* q, const fl
     auto* vp = base + y.o_vp;
     auto* sv = reinterpret_cast<float*>(base + y.o_sv);
     std::memset(base + y.o_vz, 0, static_cast<std::size_t>(y.nd * 16) * 4);  // V's row sums: P needs no correction
-    auto* qinv = reinterpret_cast<float*>(base + y.o_qinv);
-    auto* kinv = reinterpret_cast<float*>(base + y.o_kinv);
-    // Q and K (D <= 64 here: heads of BERT-family models; larger D takes the reference path): row maxima 16 rows at a
-    // time (hmax16), scales and reciprocals 16 rows per vector; rows past L count as zero rows
+    const __mmask16 mlast = mask16(D - 16 * (ND - 1));
+    const auto chunk = [mlast](const float* x, int c) BERTLET_TARGET_S8A {
+        return c + 1 < ND ? _mm512_loadu_ps(x + 16 * c) : _mm512_maskz_loadu_ps(mlast, x + 16 * c);
+    };
     const __m512 c127 = _mm512_set1_ps(127.0f), s2 = _mm512_set1_ps(scale2), zero = _mm512_setzero_ps();
-    for (std::ptrdiff_t i0 = 0; i0 < y.np * 16; i0 += 16) {
+    const __m512i gidx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                            _mm512_set1_epi32(64));
+    const __m512i ones = _mm512_set1_epi8(1), b128 = _mm512_set1_epi32(128);
+    alignas(64) unsigned char blk[16 * 64];
+    alignas(64) float qinv[16], kinv[16];
+    for (std::ptrdiff_t p = 0; p < y.np; ++p) {
+        const std::ptrdiff_t i0 = p * 16, rows = std::min<std::ptrdiff_t>(16, L - i0);
         __m512 mq[16], mk[16];
         for (std::ptrdiff_t i = 0; i < 16; ++i) {
-            const bool live = i0 + i < L;
-            mq[i] = live ? absmax_lanes(q + (i0 + i) * ld, D) : zero;
-            mk[i] = live ? absmax_lanes(k + (i0 + i) * ld, D) : zero;
+            mq[i] = mk[i] = zero;
+            if (i >= rows) continue;
+            const float* qr = q + (i0 + i) * ld;
+            const float* kr = k + (i0 + i) * ld;
+#pragma GCC unroll 4
+            for (int c = 0; c < ND; ++c) {
+                mq[i] = _mm512_max_ps(_mm512_abs_ps(chunk(qr, c)), mq[i]);
+                mk[i] = _mm512_max_ps(_mm512_abs_ps(chunk(kr, c)), mk[i]);
+            }
         }
         const __m512 qa = hmax16(mq), ka = hmax16(mk);
         _mm512_storeu_ps(sq + i0, _mm512_div_ps(qa, c127));
         _mm512_storeu_ps(ks + i0, _mm512_mul_ps(_mm512_div_ps(ka, c127), s2));  // (amax / 127) * scale2
-        _mm512_storeu_ps(qinv + i0, _mm512_maskz_div_ps(_mm512_cmp_ps_mask(qa, zero, _CMP_GT_OQ), c127, qa));
-        _mm512_storeu_ps(kinv + i0, _mm512_maskz_div_ps(_mm512_cmp_ps_mask(ka, zero, _CMP_GT_OQ), c127, ka));
-    }
-    for (std::ptrdiff_t i = 0; i < L; ++i) {
-        const float* x = q + i * ld;
-        const __m512 inv = _mm512_set1_ps(qinv[i]);
-        for (std::ptrdiff_t c = 0; c < dq; c += 16) {
-            const __mmask16 m = mask16(D - c);
-            const __m512i v8 = _mm512_add_epi32(q127lo(_mm512_maskz_loadu_ps(m, x + c), inv), _mm512_set1_epi32(128));
-            _mm_mask_storeu_epi8(q8 + i * dq + c, mask16(dq - c), _mm512_cvtepi32_epi8(v8));
-        }
-    }
-    // K, 16 keys per panel: their int8 rows into a 16 x 64-byte block, then per k-group one gather of the 16 keys'
-    // dwords (the panel's 64 bytes) and one vpdpbusd with ones for the row sums (the VNNI kernel's -128 correction)
-    alignas(64) unsigned char blk[16 * 64];
-    const __m512i gidx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                            _mm512_set1_epi32(64));
-    const __m512i ones = _mm512_set1_epi8(1);
-    for (std::ptrdiff_t p = 0; p < y.np; ++p) {
+        _mm512_store_ps(qinv, _mm512_maskz_div_ps(_mm512_cmp_ps_mask(qa, zero, _CMP_GT_OQ), c127, qa));
+        _mm512_store_ps(kinv, _mm512_maskz_div_ps(_mm512_cmp_ps_mask(ka, zero, _CMP_GT_OQ), c127, ka));
         for (std::ptrdiff_t i = 0; i < 16; ++i) {
-            const std::ptrdiff_t t = p * 16 + i;
             unsigned char* row = blk + 64 * i;
-            if (t >= L) {  // padding keys: zero bytes (and zero sums and scales)
+            if (i >= rows) {
                 _mm512_store_si512(row, _mm512_setzero_si512());
                 continue;
             }
-            const float* x = k + t * ld;
-            const __m512 inv = _mm512_set1_ps(kinv[t]);
-            for (std::ptrdiff_t c = 0; c < dq; c += 16)
-                _mm_store_si128(reinterpret_cast<__m128i*>(row + c),
-                                _mm512_cvtepi32_epi8(q127lo(_mm512_maskz_loadu_ps(mask16(D - c), x + c), inv)));
+            const float* qr = q + (i0 + i) * ld;
+            const float* kr = k + (i0 + i) * ld;
+            const __m512 qi = _mm512_set1_ps(qinv[i]), ki = _mm512_set1_ps(kinv[i]);
+            unsigned char* qo = q8 + (i0 + i) * dq;
+#pragma GCC unroll 4
+            for (int c = 0; c < ND; ++c) {
+                const __m128i qb = _mm512_cvtepi32_epi8(_mm512_add_epi32(q127lo(chunk(qr, c), qi), b128));
+                if (c + 1 < ND) _mm_storeu_si128(reinterpret_cast<__m128i*>(qo + 16 * c), qb);
+                else _mm_mask_storeu_epi8(qo + 16 * c, mask16(dq - 16 * c), qb);
+                _mm_store_si128(reinterpret_cast<__m128i*>(row + 16 * c), _mm512_cvtepi32_epi8(q127lo(chunk(kr, c), ki)));
+            }
         }
         __m512i sum = _mm512_setzero_si512();
         unsigned char* dst = kp + p * 16 * dq;
@@ -350,23 +331,30 @@ BERTLET_TARGET_S8A inline void prepare(const layout& y, const float* q, const fl
         }
         _mm512_storeu_si512(kc + 16 * p, sum);
     }
-    // V: channel maxima, then groups of 4 tokens interleaved into dwords (token t % 4 in byte t % 4): the four
-    // int32 vectors narrowed by saturating packs (values in -127..127 already), then one byte shuffle per 128-bit lane
-    // turns [t0 c0..3 | t1 c0..3 | t2 .. | t3 ..] into [c0 t0..3 | c1 t0..3 | ..]
+    // V: channel maxima (four independent chains), then groups of 4 tokens interleaved into dwords (token t % 4 in
+    // byte t % 4): the four int32 vectors narrowed by saturating packs (values in -127..127 already), then one byte
+    // shuffle per 128-bit lane turns [t0 c0..3 | t1 c0..3 | t2 .. | t3 ..] into [c0 t0..3 | c1 t0..3 | ..]
     const __m512i tr = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15));
-    for (std::ptrdiff_t dp = 0; dp < y.nd; ++dp) {
-        const std::ptrdiff_t c0 = dp * 16;
-        const __mmask16 m = mask16(D - c0);
-        __m512 amax = _mm512_setzero_ps();
-        for (std::ptrdiff_t t = 0; t < L; ++t)
-            amax = _mm512_max_ps(_mm512_abs_ps(_mm512_maskz_loadu_ps(m, v + t * ld + c0)), amax);
-        _mm512_storeu_ps(sv + c0, _mm512_div_ps(amax, _mm512_set1_ps(127.0f)));
-        const __mmask16 live = _mm512_cmp_ps_mask(amax, _mm512_setzero_ps(), _CMP_GT_OQ);
-        const __m512 inv = _mm512_maskz_div_ps(live, _mm512_set1_ps(127.0f), amax);
-        unsigned char* dst = vp + dp * 16 * y.lp4;
+#pragma GCC unroll 4
+    for (int dp = 0; dp < ND; ++dp) {
+        const float* vc = v + 16 * dp;
+        const __mmask16 m = dp + 1 < ND ? __mmask16(0xFFFF) : mlast;
+        __m512 a0 = zero, a1 = zero, a2 = zero, a3 = zero;
         std::ptrdiff_t t = 0;
         for (; t + 4 <= L; t += 4) {
-            const float* r = v + t * ld + c0;
+            a0 = _mm512_max_ps(_mm512_abs_ps(_mm512_maskz_loadu_ps(m, vc + t * ld)), a0);
+            a1 = _mm512_max_ps(_mm512_abs_ps(_mm512_maskz_loadu_ps(m, vc + (t + 1) * ld)), a1);
+            a2 = _mm512_max_ps(_mm512_abs_ps(_mm512_maskz_loadu_ps(m, vc + (t + 2) * ld)), a2);
+            a3 = _mm512_max_ps(_mm512_abs_ps(_mm512_maskz_loadu_ps(m, vc + (t + 3) * ld)), a3);
+        }
+        for (; t < L; ++t) a0 = _mm512_max_ps(_mm512_abs_ps(_mm512_maskz_loadu_ps(m, vc + t * ld)), a0);
+        const __m512 amax = _mm512_max_ps(_mm512_max_ps(a0, a1), _mm512_max_ps(a2, a3));  // no NaN lanes: any order
+        _mm512_storeu_ps(sv + 16 * dp, _mm512_div_ps(amax, c127));
+        const __mmask16 live = _mm512_cmp_ps_mask(amax, zero, _CMP_GT_OQ);
+        const __m512 inv = _mm512_maskz_div_ps(live, c127, amax);
+        unsigned char* dst = vp + dp * 16 * y.lp4;
+        for (t = 0; t + 4 <= L; t += 4) {
+            const float* r = vc + t * ld;
             const __m512i b0 = q127lo(_mm512_maskz_loadu_ps(m, r), inv);
             const __m512i b1 = q127lo(_mm512_maskz_loadu_ps(m, r + ld), inv);
             const __m512i b2 = q127lo(_mm512_maskz_loadu_ps(m, r + 2 * ld), inv);
@@ -377,7 +365,7 @@ BERTLET_TARGET_S8A inline void prepare(const layout& y, const float* q, const fl
         if (t < y.lp4) {  // the last 1..3 tokens, zero tokens after them
             __m512i b[4];
             for (int j = 0; j < 4; ++j)
-                b[j] = t + j < L ? q127lo(_mm512_maskz_loadu_ps(m, v + (t + j) * ld + c0), inv) : _mm512_setzero_si512();
+                b[j] = t + j < L ? q127lo(_mm512_maskz_loadu_ps(m, vc + (t + j) * ld), inv) : _mm512_setzero_si512();
             const __m512i bytes = _mm512_packs_epi16(_mm512_packs_epi32(b[0], b[1]), _mm512_packs_epi32(b[2], b[3]));
             _mm512_storeu_si512(dst + (t / 4) * 64, _mm512_shuffle_epi8(bytes, tr));
         }
@@ -588,7 +576,12 @@ BERTLET_TARGET_S8A inline void attention_head(const float* q, const float* k, co
     const layout y = make_layout(L, D);
     auto* base = reinterpret_cast<unsigned char*>((reinterpret_cast<std::uintptr_t>(scratch) + 63) &
                                                   ~static_cast<std::uintptr_t>(63));
-    prepare(y, q, k, v, ld, scale * log2e, base);
+    switch (y.nd) {
+        case 1: prepare<1>(y, q, k, v, ld, scale * log2e, base); break;
+        case 2: prepare<2>(y, q, k, v, ld, scale * log2e, base); break;
+        case 3: prepare<3>(y, q, k, v, ld, scale * log2e, base); break;
+        default: prepare<4>(y, q, k, v, ld, scale * log2e, base); break;
+    }
     const auto* q8 = base + y.o_q8;
     const auto* kp = base + y.o_kp;
     const auto* kc = reinterpret_cast<const std::int32_t*>(base + y.o_kc);
