@@ -247,7 +247,8 @@ BERTLET_TARGET_S8A inline __m512 hmax16(const __m512* v) {
         w[k] = _mm512_max_ps(_mm512_shuffle_f32x4(u[2 * k], u[2 * k + 1], 0x88),
                              _mm512_shuffle_f32x4(u[2 * k], u[2 * k + 1], 0xDD));
     for (int k = 0; k < 2; ++k)
-        x[k] = _mm512_max_ps(_mm512_shuffle_ps(w[2 * k], w[2 * k + 1], 0x44), _mm512_shuffle_ps(w[2 * k], w[2 * k + 1], 0xEE));
+        x[k] = _mm512_max_ps(_mm512_shuffle_ps(w[2 * k], w[2 * k + 1], 0x44),
+                             _mm512_shuffle_ps(w[2 * k], w[2 * k + 1], 0xEE));
     // lane 4 c + j: row 4 j + c
     const __m512 r = _mm512_max_ps(_mm512_shuffle_ps(x[0], x[1], 0x88), _mm512_shuffle_ps(x[0], x[1], 0xDD));
     return _mm512_permutexvar_ps(_mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0), r);
@@ -321,7 +322,8 @@ BERTLET_TARGET_S8A inline void prepare(const layout& y, const float* q, const fl
                 const __m128i qb = _mm512_cvtepi32_epi8(_mm512_add_epi32(q127lo(chunk(qr, c), qi), b128));
                 if (c + 1 < ND) _mm_storeu_si128(reinterpret_cast<__m128i*>(qo + 16 * c), qb);
                 else _mm_mask_storeu_epi8(qo + 16 * c, mask16(dq - 16 * c), qb);
-                _mm_store_si128(reinterpret_cast<__m128i*>(row + 16 * c), _mm512_cvtepi32_epi8(q127lo(chunk(kr, c), ki)));
+                _mm_store_si128(reinterpret_cast<__m128i*>(row + 16 * c),
+                                _mm512_cvtepi32_epi8(q127lo(chunk(kr, c), ki)));
             }
         }
         __m512i sum = _mm512_setzero_si512();
@@ -374,20 +376,17 @@ BERTLET_TARGET_S8A inline void prepare(const layout& y, const float* q, const fl
     }
 }
 
-/// Q K^T of MR query rows x NP key panels (16 keys each) into the score rows s (stride lds, column 16 j of the
-/// chunk): y = float(acc) * (sq[i] * ks[t]) as gemm_s8's epilogue, and the running row maxima mx over the valid keys
-/// (`valid` keys from the chunk's start; the padding keys of the last panel score 0 and are kept out of the max).
-/// The accumulators start at -128 times the key row sums (the u8 correction of the Q bytes), as the GEMM kernel.
-/// The shape of gemm_s8's VNNI kernel (accumulators initialised from a load, fixed trip counts, no row-count branch
-/// in the epilogue) keeps GCC from spilling the 24 accumulators.
+/// The integer part of Q K^T for MR query rows (u8, stride dq) x NP key panels: acc = sum q8 k8 over the dq / 4
+/// k-groups, starting at -128 times the key row sums (the u8 correction of the Q bytes, as the GEMM kernel).
 template <int MR, int NP>
-BERTLET_TARGET_S8A inline void qk_tile(const unsigned char* q8, std::ptrdiff_t dq, const unsigned char* kp, const std::int32_t* kc, const float* ks,
-                                       std::ptrdiff_t valid, float* s, std::ptrdiff_t lds, __m512* mx) {
+BERTLET_TARGET_S8A __attribute__((always_inline)) inline void qk_acc(const unsigned char* q8, std::ptrdiff_t dq,
+                                                                     const unsigned char* kp, const std::int32_t* kc,
+                                                                     __m512i (&acc)[MR][NP]) {
     const std::ptrdiff_t ps = 16 * dq, groups = dq / 4;
-    __m512i acc[MR][NP];
 #pragma GCC unroll 8
     for (int j = 0; j < NP; ++j) {
-        const __m512i c = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(_mm512_loadu_si512(kc + 16 * j), 7));
+        const __m512i c =
+            _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(_mm512_loadu_si512(kc + 16 * j), 7));
 #pragma GCC unroll 4
         for (int i = 0; i < MR; ++i) acc[i][j] = c;
     }
@@ -404,6 +403,17 @@ BERTLET_TARGET_S8A inline void qk_tile(const unsigned char* q8, std::ptrdiff_t d
             for (int i = 0; i < MR; ++i) dpbusd(acc[i][j], xb[i], wv);
         }
     }
+}
+
+/// Q K^T of MR query rows x NP key panels (16 keys each) into the score rows s (stride lds, column 16 j of the
+/// chunk): y = float(acc) * ks[t] (the query scale comes in at the softmax), and the running row maxima mx over the
+/// valid keys (`valid` keys from the chunk's start; the last panel's padding keys score 0 and are kept out of the max).
+template <int MR, int NP>
+BERTLET_TARGET_S8A inline void qk_tile(const unsigned char* q8, std::ptrdiff_t dq, const unsigned char* kp,
+                                       const std::int32_t* kc, const float* ks, std::ptrdiff_t valid, float* s,
+                                       std::ptrdiff_t lds, __m512* mx) {
+    __m512i acc[MR][NP];
+    qk_acc<MR, NP>(q8, dq, kp, kc, acc);
     __m512 mxl[MR];  // local maxima: through the pointer GCC reloaded and stored them around every score store
 #pragma GCC unroll 4
     for (int i = 0; i < MR; ++i) mxl[i] = mx[i];
@@ -430,27 +440,8 @@ BERTLET_TARGET_S8A inline void qk_softmax_tile(const unsigned char* q8, std::ptr
                                                const unsigned char* kp, const std::int32_t* kc, const float* ks,
                                                std::ptrdiff_t L, unsigned char* p8, std::ptrdiff_t ldp,
                                                std::int32_t* sums) {
-    const std::ptrdiff_t ps = 16 * dq, groups = dq / 4;
     __m512i acc[MR][NP];
-#pragma GCC unroll 8
-    for (int j = 0; j < NP; ++j) {
-        const __m512i c = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(_mm512_loadu_si512(kc + 16 * j), 7));
-#pragma GCC unroll 4
-        for (int i = 0; i < MR; ++i) acc[i][j] = c;
-    }
-    const unsigned char* x = q8;
-    const unsigned char* w = kp;
-    for (std::ptrdiff_t g = 0; g < groups; ++g, x += 4, w += 64) {
-        __m512i xb[MR];
-#pragma GCC unroll 4
-        for (int i = 0; i < MR; ++i) xb[i] = _mm512_set1_epi32(s8_load32(x + i * dq));
-#pragma GCC unroll 8
-        for (int j = 0; j < NP; ++j) {
-            const __m512i wv = _mm512_loadu_si512(w + j * ps);
-#pragma GCC unroll 4
-            for (int i = 0; i < MR; ++i) dpbusd(acc[i][j], xb[i], wv);
-        }
-    }
+    qk_acc<MR, NP>(q8, dq, kp, kc, acc);
     const __mmask16 mlast = mask16(L - 16 * (NP - 1));  // earlier panels are full
 #pragma GCC unroll 4
     for (int i = 0; i < MR; ++i) {
@@ -528,8 +519,9 @@ BERTLET_TARGET_S8A inline void pv_tile(const unsigned char* p8, std::ptrdiff_t l
         const __mmask16 m = mask16(D - 16 * j);
 #pragma GCC unroll 12
         for (int i = 0; i < MR; ++i)
-            _mm512_mask_storeu_ps(ctx + i * ldc + 16 * j, m,
-                                  _mm512_mul_ps(_mm512_cvtepi32_ps(acc[i][j]), _mm512_mul_ps(_mm512_set1_ps(inv[i]), svj)));
+            _mm512_mask_storeu_ps(
+                ctx + i * ldc + 16 * j, m,
+                _mm512_mul_ps(_mm512_cvtepi32_ps(acc[i][j]), _mm512_mul_ps(_mm512_set1_ps(inv[i]), svj)));
     }
 }
 
