@@ -9,8 +9,7 @@ GELU (kernels/avx2.hpp and kernels/avx512.hpp gelu_erf_ps):
   k = round(a S) in 0..PIECES-1 (an FMA with 1.5 * 2^23 leaves k in the low mantissa bits: it is the permute index),
   the local variable t = a S - k lies in [-0.5, 0.5] ([0, 0.5] for k = 0), and g = P_k(t); coefficient j of all the
   pieces is one register-wide table row (vpermps). AVX2: 8 pieces of degree 6 (8-lane vpermps); AVX-512: 16 pieces
-  of degree 4 (one 16-lane vpermps per coefficient; fewer permutes and FMAs). The int8 epilogue (gemm_s8.hpp,
-  s8_gelu_c) evaluates the AVX-512 table on every int8 path, scalar included, bit for bit. AMAX S < PIECES - 0.5 and AMAX ~ 5.657
+  of degree 4 (one 16-lane vpermps per coefficient; fewer permutes and FMAs). AMAX S < PIECES - 0.5 and AMAX ~ 5.657
   = 4 sqrt 2: there g is exactly 0.5 (the last piece's constant term is nudged until it is), so beyond the clamp
   GELU(v) = v or exactly 0. P_0(0) = 0: GELU(0) = 0.
   Fit: minimax in float64 (Lawson's iteratively reweighted least squares on Chebyshev nodes), then the coefficients

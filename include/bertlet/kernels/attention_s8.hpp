@@ -65,7 +65,7 @@ inline constexpr float log2e = 1.44269504088896341f;
 
 struct layout {
     std::ptrdiff_t L, D, dq, np, lp4, nd, lds, ldp;
-    std::size_t o_q8, o_sq, o_kp, o_kc, o_ks, o_vp, o_sv, o_vz, o_s, o_p, o_inv, o_qinv, o_kinv, bytes;
+    std::size_t o_q8, o_sq, o_kp, o_kc, o_ks, o_vp, o_sv, o_vz, o_s, o_p, o_inv, bytes;
 };
 
 inline std::size_t up64(std::size_t b) noexcept { return (b + 63) / 64 * 64; }
@@ -99,8 +99,6 @@ inline layout make_layout(std::ptrdiff_t L, std::ptrdiff_t D) noexcept {
     y.o_s = take(n(rows * y.lds) * 4);
     y.o_p = take(n(rows * y.ldp));
     y.o_inv = take(n(rows + 16) * 4);  // written 16 at a time
-    y.o_qinv = take(n(y.np * 16) * 4);
-    y.o_kinv = take(n(y.np * 16) * 4);
     y.bytes = o + 64;  // + alignment of the base
     return y;
 }
@@ -255,7 +253,7 @@ BERTLET_TARGET_S8A inline __m512 hmax16(const __m512* v) {
 }
 
 /// round(x * inv) clamped to +-127 as int32 lanes, without the upper clamp: x * inv <= 127 up to rounding, so the
-/// conversion gives at most 127 (NaN -> INT_MIN -> -127, as q127 and the reference).
+/// conversion gives at most 127 (NaN -> INT_MIN -> -127, as the reference's clamp127).
 BERTLET_TARGET_S8A inline __m512i q127lo(__m512 x, __m512 inv) {
     return _mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(x, inv)), _mm512_set1_epi32(-127));
 }

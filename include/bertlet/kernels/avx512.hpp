@@ -85,7 +85,7 @@ BERTLET_TARGET_AVX512 inline __m512 exp_ps(__m512 x) {
 // slower). Fitted by tools/fit_gelu_exp.py (g(0) = 0, g = 0.5 exactly at the clamp). Over every float in [-12, 12]:
 // |error| <= 3.7e-7 and <= 7.9e-8 (1 + |v|); 2 g(a) is erf(a / sqrt 2) to 2.0e-7 (the rational erf form: 1.5e-6,
 // 2.2e-7 (1 + |v|), erf to 4.4e-7).
-// The table is detail::gelu16_c (packed.hpp), which gemm_s8.hpp's int8 epilogue evaluates on every path too.
+// The table is detail::gelu16_c (packed.hpp). (The int8 epilogue has its own cheaper GELU: gemm_s8.hpp s8_gelu_q.)
 inline constexpr float gelu_s = gelu16_s;
 inline constexpr float gelu_amax = gelu16_amax;
 inline constexpr const auto& gelu_c = gelu16_c;

@@ -266,8 +266,8 @@ inline void attn_pack_k16(const float* k, std::ptrdiff_t ldk, std::ptrdiff_t L, 
 
 /// GELU (erf form) as 0.5 v + |v| g(|v|), g(a) ~ 0.5 erf(a / sqrt 2) piecewise quartic over 16 pieces: a clamped to
 /// gelu16_amax, k = round(a S) in 0..15, t = a S - k, g = Horner over gelu16_c[j][k] (tools/fit_gelu_exp.py, scheme
-/// "avx512"; g(0) = 0, g = 0.5 exactly at the clamp). Used by the AVX-512 fp32 GELU (avx512::gelu_erf_ps) and by
-/// every int8 epilogue path (gemm_s8.hpp, bit for bit).
+/// "avx512"; g(0) = 0, g = 0.5 exactly at the clamp). Used by the AVX-512 fp32 GELU (avx512::gelu_erf_ps); the int8
+/// epilogue has its own 4-operation-cheaper form (gemm_s8.hpp s8_gelu_q).
 inline constexpr float gelu16_s = 2.7399683f;  // 15.5 / 5.657: gelu16_amax * gelu16_s < 15.5, so k <= 15
 inline constexpr float gelu16_amax = 5.6569996f;
 alignas(64) inline constexpr float gelu16_c[5][16] = {  // [coefficient of t^j][piece k]
