@@ -262,7 +262,7 @@ BERTLET_TARGET_S8A inline __m512i q127lo(__m512 x, __m512 inv) {
 /// (S8P16K4 panels over channels, channel scales) into the scratch. ND = ceil(D / 16) chunks per row (only the last
 /// one masked). Q and K go 16 rows (one key panel) at a time, each block's rows read once and then hot: row maxima
 /// (hmax16), scales and reciprocals 16 rows per vector, Q's bytes, K's rows into a 16 x 64-byte block and from there
-/// per k-group one gather of the 16 keys' dwords (the panel's 64 bytes) and one vpdpbusd with ones for the row sums
+/// per k-group the 16 keys' dwords (the panel's 64 bytes) by a 16 x 16 dword transpose and one vpdpbusd with ones for the row sums
 /// (the VNNI kernel's -128 correction). Rows past L are zero rows (zero bytes, sums and scales).
 template <int ND>
 BERTLET_TARGET_S8A inline void prepare(const layout& y, const float* q, const float* k, const float* v,
@@ -281,8 +281,6 @@ BERTLET_TARGET_S8A inline void prepare(const layout& y, const float* q, const fl
         return c + 1 < ND ? _mm512_loadu_ps(x + 16 * c) : _mm512_maskz_loadu_ps(mlast, x + 16 * c);
     };
     const __m512 c127 = _mm512_set1_ps(127.0f), s2 = _mm512_set1_ps(scale2), zero = _mm512_setzero_ps();
-    const __m512i gidx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                            _mm512_set1_epi32(64));
     const __m512i ones = _mm512_set1_epi8(1), b128 = _mm512_set1_epi32(128);
     alignas(64) unsigned char blk[16 * 64];
     alignas(64) float qinv[16], kinv[16];
@@ -324,10 +322,18 @@ BERTLET_TARGET_S8A inline void prepare(const layout& y, const float* q, const fl
                                 _mm512_cvtepi32_epi8(q127lo(chunk(kr, c), ki)));
             }
         }
+        // the panel: k-group g = dword g of the 16 rows, a 16 x 16 dword transpose of the block (vpgatherdd, one per
+        // group, took ~5x as long on Zen 4)
+        __m512 r[16];
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; ++i) r[i] = _mm512_load_ps(reinterpret_cast<const float*>(blk + 64 * i));
+        avx512::transpose16(r);
         __m512i sum = _mm512_setzero_si512();
         unsigned char* dst = kp + p * 16 * dq;
-        for (std::ptrdiff_t g = 0; g < dq / 4; ++g) {
-            const __m512i w = _mm512_i32gather_epi32(gidx, blk + 4 * g, 1);
+#pragma GCC unroll 16
+        for (int g = 0; g < 4 * ND; ++g) {
+            if (g >= dq / 4) break;
+            const __m512i w = _mm512_castps_si512(r[g]);
             dpbusd(sum, ones, w);
             _mm512_store_si512(dst + 64 * g, w);
         }
@@ -479,6 +485,102 @@ BERTLET_TARGET_S8A inline void qk_softmax_tile(const unsigned char* q8, std::ptr
     }
 }
 
+/// The qk_softmax_tile work for one query row at a time, software-pipelined: while row r's numerators are computed,
+/// the Q K^T accumulators of the next row (`qn`; null: none) build up, one k-group of its vpdpbusd between every two
+/// of row r's numerator vectors. A 3-row tile computes its scores and then waits on the maximum's latency chain and
+/// the numerators' with little else to run (the vpdpbusd of the next tile start only after them; ~40 % of
+/// qk_softmax_tile's time); here the vpdpbusd fill those waits. G = dq / 4 k-groups, NP <= 8 key panels (L <= 128).
+/// acc: row r's accumulators on entry (qk_acc<1, NP>), the next row's on return. Same operations as
+/// qk_softmax_tile, so the same bits.
+template <int G, int NP>
+BERTLET_TARGET_S8A inline void qk_softmax_row(__m512i (&acc)[NP], const unsigned char* qn, const float* sq,
+                                              const unsigned char* kp, const std::int32_t* corr, const float* ks,
+                                              std::ptrdiff_t L, unsigned char* pr, std::int32_t* sum) {
+    constexpr std::ptrdiff_t ps = 16 * 4 * G;  // bytes per key panel
+    const __mmask16 mlast = mask16(L - 16 * (NP - 1));
+    __m512 y[NP], t[NP];
+#pragma GCC unroll 8
+    for (int j = 0; j < NP; ++j) {
+        y[j] = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[j]), _mm512_loadu_ps(ks + 16 * j));
+        t[j] = y[j];
+    }
+    // the maximum over the valid keys: padding lanes of the last panel take a valid score (panel 0's; -inf alone)
+    t[NP - 1] = _mm512_mask_blend_ps(mlast, NP > 1 ? t[0] : _mm512_set1_ps(-INFINITY), t[NP - 1]);
+#pragma GCC unroll 4
+    for (int w = 1; w < NP; w *= 2)
+#pragma GCC unroll 4
+        for (int j = 0; j + w < NP; j += 2 * w) t[j] = _mm512_max_ps(t[j], t[j + w]);
+    __m512 m = t[0];  // the row maximum in every lane
+    m = _mm512_max_ps(m, _mm512_shuffle_f32x4(m, m, 0x4E));
+    m = _mm512_max_ps(m, _mm512_shuffle_f32x4(m, m, 0xB1));
+    m = _mm512_max_ps(m, _mm512_permute_ps(m, 0x4E));
+    m = _mm512_max_ps(m, _mm512_permute_ps(m, 0xB1));
+    const __m512 sqv = _mm512_set1_ps(sq[0]), nms = _mm512_mul_ps(m, _mm512_set1_ps(-sq[0]));  // -(max * sq)
+    if (qn) {
+#pragma GCC unroll 8
+        for (int j = 0; j < NP; ++j) acc[j] = _mm512_loadu_si512(corr + 16 * j);
+    }
+    constexpr int NP4 = NP / 4 * 4;
+    const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+    __m512i pv[4];
+    __m512i sum64 = _mm512_setzero_si512(), sum32 = _mm512_setzero_si512();
+#pragma GCC unroll 16
+    for (int g = 0; g < (G > NP ? G : NP); ++g) {
+        if (g < G && qn) {
+            const __m512i xb = _mm512_set1_epi32(s8_load32(qn + 4 * g));
+#pragma GCC unroll 8
+            for (int j = 0; j < NP; ++j) dpbusd(acc[j], xb, _mm512_loadu_si512(kp + j * ps + 64 * g));
+        }
+        if (g < NP) {
+            const __m512i a = p255(_mm512_fmadd_ps(y[g], sqv, nms), g + 1 < NP ? __mmask16(0xFFFF) : mlast);
+            if (g < NP4) {
+                if ((g & 1) == 0) pv[g & 3] = a;
+                else pv[g & 3] = _mm512_packus_epi32(pv[(g & 3) - 1], a);  // pairs packed at once (registers)
+                if ((g & 3) == 3) {  // 64 numerators -> one 64-byte store, as qk_softmax_tile
+                    const __m512i bytes = _mm512_packus_epi16(pv[1], pv[3]);
+                    sum64 = _mm512_add_epi64(sum64, _mm512_sad_epu8(bytes, _mm512_setzero_si512()));
+                    _mm512_storeu_si512(pr + 16 * (g - 3), _mm512_permutexvar_epi32(order, bytes));
+                }
+            } else {
+                sum32 = _mm512_add_epi32(sum32, clamp255(a));
+                _mm_storeu_si128(reinterpret_cast<__m128i*>(pr + 16 * g), _mm512_cvtusepi32_epi8(a));
+            }
+        }
+    }
+    *sum = static_cast<std::int32_t>(_mm512_reduce_add_epi64(_mm512_add_epi64(sum64, _mm512_cvtepu32_epi64(
+        _mm256_add_epi32(_mm512_castsi512_si256(sum32), _mm512_extracti64x4_epi64(sum32, 1))))));
+}
+
+/// qk_softmax_row over `rows` query rows (u8, stride dq) into the P rows (stride ldp) and their sums. carry: the
+/// first row's accumulators if `carried` (else computed here); on return the accumulators of the row after the
+/// last (q8 + rows * dq) if `more` (the next block's first row: the pipeline runs across blocks).
+template <int G, int NP>
+BERTLET_TARGET_S8A __attribute__((noinline)) void qk_softmax_rows(const unsigned char* q8, std::ptrdiff_t dq,
+                                                                   std::ptrdiff_t rows, bool carried, bool more,
+                                                                   __m512i* carry, const float* sq,
+                                                                   const unsigned char* kp, const std::int32_t* kc,
+                                                                   const std::int32_t* corr, const float* ks,
+                                                                   std::ptrdiff_t L, unsigned char* p8,
+                                                                   std::ptrdiff_t ldp, std::int32_t* sums) {
+    __m512i acc[NP];
+    if (carried) {
+#pragma GCC unroll 8
+        for (int j = 0; j < NP; ++j) acc[j] = _mm512_load_si512(carry + j);
+    } else {
+        __m512i acc1[1][NP];
+        qk_acc<1, NP>(q8, dq, kp, kc, acc1);
+#pragma GCC unroll 8
+        for (int j = 0; j < NP; ++j) acc[j] = acc1[0][j];
+    }
+    for (std::ptrdiff_t r = 0; r < rows; ++r)
+        qk_softmax_row<G, NP>(acc, r + 1 < rows || more ? q8 + (r + 1) * dq : nullptr, sq + r, kp, corr, ks, L,
+                              p8 + r * ldp, sums + r);
+    if (more) {
+#pragma GCC unroll 8
+        for (int j = 0; j < NP; ++j) _mm512_store_si512(carry + j, acc[j]);
+    }
+}
+
 /// P V of MR probability rows (u8, stride ldp) x ND channel panels: ctx = float(acc) * (inv[i] * sv[c]) as gemm_s8's
 /// epilogue; the accumulators start from V's zero row sums (P is genuinely unsigned). Rows are addressed from bases
 /// every 4 rows with ldp / 3 ldp index registers (as the GEMM kernel), so GCC keeps no row pointers on the stack.
@@ -583,10 +685,27 @@ BERTLET_TARGET_S8A inline void attention_head(const float* q, const float* k, co
     auto* p8 = base + y.o_p;
     auto* inv = reinterpret_cast<float*>(base + y.o_inv);
     const std::ptrdiff_t dq = y.dq, lds = y.lds;
+    alignas(64) std::int32_t corr[128];  // their start: -128 x the key row sums (the u8 correction), per key
+    __m512i carry[8];                    // qk_softmax_rows' accumulators from one block of rows to the next
+    if (y.np <= 8)
+        for (std::ptrdiff_t t = 0; t < y.np * 16; t += 16)
+            _mm512_store_si512(corr + t, _mm512_sub_epi32(_mm512_setzero_si512(),
+                                                          _mm512_slli_epi32(_mm512_loadu_si512(kc + t), 7)));
     for (std::ptrdiff_t i0 = 0; i0 < L; i0 += rb) {
         const std::ptrdiff_t rows = std::min<std::ptrdiff_t>(rb, L - i0);
         alignas(64) std::int32_t sums[rb + 16];
-        if (y.np <= 8) {  // all keys of a row in registers: scores, maxima and numerators in one tile
+        if (y.np <= 8 && (dq == 32 || dq == 64)) {  // one row at a time, the next row's Q K^T interleaved
+            with_n8(y.np, [&](auto npc) BERTLET_TARGET_S8A {
+                constexpr int NP = decltype(npc)::value;
+                const auto run = [&](auto gc) BERTLET_TARGET_S8A {
+                    constexpr int G = decltype(gc)::value;
+                    qk_softmax_rows<G, NP>(q8 + i0 * dq, dq, rows, i0 > 0, i0 + rows < L, carry, sq + i0, kp, kc,
+                                           corr, ks, L, p8, y.ldp, sums);
+                };
+                if (dq == 32) run(std::integral_constant<int, 8>{});
+                else run(std::integral_constant<int, 16>{});
+            });
+        } else if (y.np <= 8) {  // all keys of a row in registers: scores, maxima and numerators in one tile
             for (std::ptrdiff_t r0 = 0; r0 < rows; r0 += 3) {
                 const std::ptrdiff_t mr = std::min<std::ptrdiff_t>(3, rows - r0);
                 const unsigned char* qr = q8 + (i0 + r0) * dq;
