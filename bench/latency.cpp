@@ -2,7 +2,7 @@
 // inputs, and single-thread tokenizer throughput. Prints one JSON object per line on stdout; no Google Benchmark.
 //
 //   bertlet-latency --model FILE [--seq 16,128] [--batch 1,32] [--threads 1] [--min-iters 20] [--min-time 1]
-//                   [--max-time 8] [--max-iters 100000] [--warmup-iters 3] [--warmup-time 0.2] [--label fp32]
+//                   [--max-time 8] [--max-iters 100000] [--warmup-iters 3] [--warmup-time 0.2] [--label NAME (default: the weights' int8 / bf16 / fp32)]
 //       one line per (seq, batch) cell: {"kind":"latency", "median_ms":..., "p90_ms":..., "p99_ms":..., ...}
 //   bertlet-latency --model FILE --tokenize-file sst2/train.tsv [--passes 3] [--dump-ids OUT]
 //       one line: {"kind":"tokenize", "sentences_per_s":..., ...}; the file is TSV with a header, text in column 1.
@@ -271,6 +271,12 @@ int peak_mode() {
     return 0;
 }
 
+/// The precision of the model's linear weights (the default --label): int8, bf16 or fp32.
+const char* weights_kind(const bertlet::embedder& m) {
+    if (m.model_encoder().quantized()) return "int8";
+    return m.model_encoder().bf16_weights() ? "bf16" : "fp32";
+}
+
 const char* attention_kind(const bertlet::embedder& m) {
     if (m.model_encoder().int8_attention()) return "int8";
     return m.model_encoder().bf16_attention() ? "bf16" : "fp32";
@@ -287,7 +293,7 @@ void usage() {
 }  // namespace
 
 int main(int argc, char** argv) {
-    std::string model = BERTLET_DEFAULT_MODEL, label = "fp32", tok_file, dump;
+    std::string model = BERTLET_DEFAULT_MODEL, label, tok_file, dump;  // label: default from the model's weights
     std::vector<long> seqs{128}, batches{1};
     int threads = 1;
     bool bf16_attention = true;  // --fp32-attention: load_options::bf16_attention = false (int8 models)
@@ -344,6 +350,7 @@ int main(int argc, char** argv) {
         const double load_ms = ms_since(l0);
         if (!tok_file.empty()) return tokenize_mode(m, tok_file, passes, b.min_time, dump);
 
+        if (label.empty()) label = weights_kind(m);
         const std::string common =
             "\"system\":\"bertlet\",\"precision\":" + json_str(label) + ",\"model\":" + json_str(model) +
             ",\"isa\":" + json_str(isa_string()) + ",\"threads_requested\":" + std::to_string(threads) +

@@ -425,6 +425,8 @@ public:
     /// True if the blob's linear weights are bf16 (layout 3) and run on the AVX512_BF16 kernels (false when they
     /// were widened to f32 at load because this CPU or the chosen path lacks them).
     bool bf16_kernels() const noexcept { return bf16_weights_ && use_bf16_; }
+    /// True if the blob's linear weights are bf16 (whichever kernels run them).
+    bool bf16_weights() const noexcept { return bf16_weights_; }
     /// True if attention's two matmuls run in bf16 (opted in; int8 models on the avx512 path with AVX512_BF16).
     bool bf16_attention() const noexcept { return bf16_attention_; }
     /// True if attention's two matmuls run in int8 (opted in; int8 models on the avx512 path with AVX-512 VNNI).
