@@ -15,11 +15,13 @@
 // * ctx[i, d] = float(sum_t p[i, t] v8[t, d]) * ((1 / float(sum_t p[i, t])) * sv[d]): the probabilities are the
 //   quantized numerators normalized by their own (exact integer) sum.
 // Kernels (this file): prepare quantizes Q (u8 = q8 + 128 rows), K (S8P16K4 panels of 16 keys with row sums for the
-// -128 correction) and V (panels over channels, tokens as k); qk_softmax_tile computes the scores of 3 query rows
-// against up to 128 keys in 24 zmm accumulators and turns them into u8 P rows in registers (longer rows: qk_tile
-// stores scores, a separate pass makes P); pv_tile multiplies 12 P rows by V. One head at L 128, D 32 on Zen 4:
-// 10.6 us (bf16 attention 15.2, fp32 25; `bertlet_bench_gemm_bf16 --benchmark_filter=fused`). Sums stay far below
-// 2^31 (|acc| <= 255 * 127 * max(L, D)).
+// -128 correction) and V (panels over channels, tokens as k); for L <= 128 and D in 29..32 or 61..64,
+// qk_softmax_row turns one query row's scores into its u8 P row in registers while the next row's Q K^T accumulates
+// (software-pipelined: the vpdpbusd fill the latency chains of the maximum and the numerators); other shapes use
+// qk_softmax_tile (3 query rows at a time in 24 zmm accumulators; longer rows: qk_tile stores scores, a separate
+// pass makes P); pv_tile multiplies 12 P rows by V. One head at L 128, D 32 on Zen 4: 9.5 us (3-row tiles: 10.6;
+// bf16 attention 15.2, fp32 25; `bertlet_bench_gemm_bf16 --benchmark_filter=fused`). Sums stay far below 2^31
+// (|acc| <= 255 * 127 * max(L, D)).
 // Accuracy (the int8 MiniLM against HF fp32, all of STS-B test, docs/INT8.md): min cosine 0.99409, Spearman 81.95
 // (fp32 82.03; bf16 attention 0.99353 / 81.91).
 //
