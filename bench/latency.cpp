@@ -2,7 +2,8 @@
 // inputs, and single-thread tokenizer throughput. Prints one JSON object per line on stdout; no Google Benchmark.
 //
 //   bertlet-latency --model FILE [--seq 16,128] [--batch 1,32] [--threads 1] [--min-iters 20] [--min-time 1]
-//                   [--max-time 8] [--max-iters 100000] [--warmup-iters 3] [--warmup-time 0.2] [--label NAME (default: the weights' int8 / bf16 / fp32)]
+//                   [--max-time 8] [--max-iters 100000] [--warmup-iters 3] [--warmup-time 0.2] [--label NAME]
+//       (--label: the "precision" field; default the model's weights: int8, bf16 or fp32)
 //       one line per (seq, batch) cell: {"kind":"latency", "median_ms":..., "p90_ms":..., "p99_ms":..., ...}
 //   bertlet-latency --model FILE --tokenize-file sst2/train.tsv [--passes 3] [--dump-ids OUT]
 //       one line: {"kind":"tokenize", "sentences_per_s":..., ...}; the file is TSV with a header, text in column 1.

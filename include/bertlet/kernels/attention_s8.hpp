@@ -26,8 +26,8 @@
 // (fp32 82.03; bf16 attention 0.99353 / 81.91).
 //
 // Scratch (s8_attention_scratch_bytes(L, D), any alignment): q8 [L, dq] (dq = D rounded up to 4) and sq; packed K,
-// row sums, scales; packed V, scales, zero row sums; the scores (L > 128 only), u8 P rows and reciprocal sums of one
-// block of 12 query rows.
+// its u8 corrections (-128 x row sums), scales; packed V, scales, zero row sums; the scores (L > 128 only), u8 P rows
+// and reciprocal sums of one block of 12 query rows.
 //
 // s8_attention_supported(): AVX-512 F/BW/VL/DQ + VNNI and an x86 build. Elsewhere s8_attention_head runs the
 // reference (which allocates: tests and fallback only).
@@ -264,8 +264,9 @@ BERTLET_TARGET_S8A inline __m512i q127lo(__m512 x, __m512 inv) {
 /// (S8P16K4 panels over channels, channel scales) into the scratch. ND = ceil(D / 16) chunks per row (only the last
 /// one masked). Q and K go 16 rows (one key panel) at a time, each block's rows read once and then hot: row maxima
 /// (hmax16), scales and reciprocals 16 rows per vector, Q's bytes, K's rows into a 16 x 64-byte block and from there
-/// per k-group the 16 keys' dwords (the panel's 64 bytes) by a 16 x 16 dword transpose and one vpdpbusd with ones for the row sums
-/// (the VNNI kernel's -128 correction). Rows past L are zero rows (zero bytes, sums and scales).
+/// per k-group the 16 keys' dwords (the panel's 64 bytes) by a 16 x 16 dword transpose and one vpdpbusd with ones
+/// for the row sums, stored as the Q K^T accumulators' start -128 x sum (the VNNI kernel's u8 correction). Rows past
+/// L are zero rows (zero bytes, corrections and scales).
 template <int ND>
 BERTLET_TARGET_S8A inline void prepare(const layout& y, const float* q, const float* k, const float* v,
                                        std::ptrdiff_t ld, float scale2, unsigned char* base) {
@@ -339,7 +340,7 @@ BERTLET_TARGET_S8A inline void prepare(const layout& y, const float* q, const fl
             dpbusd(sum, ones, w);
             _mm512_store_si512(dst + 64 * g, w);
         }
-        _mm512_storeu_si512(kc + 16 * p, sum);
+        _mm512_storeu_si512(kc + 16 * p, _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(sum, 7)));
     }
     // V: channel maxima (four independent chains), then groups of 4 tokens interleaved into dwords (token t % 4 in
     // byte t % 4): the four int32 vectors narrowed by saturating packs (values in -127..127 already), then one byte
@@ -383,7 +384,7 @@ BERTLET_TARGET_S8A inline void prepare(const layout& y, const float* q, const fl
 }
 
 /// The integer part of Q K^T for MR query rows (u8, stride dq) x NP key panels: acc = sum q8 k8 over the dq / 4
-/// k-groups, starting at -128 times the key row sums (the u8 correction of the Q bytes, as the GEMM kernel).
+/// k-groups, starting at kc = -128 x the key row sums (prepare's u8 correction of the Q bytes, as the GEMM kernel).
 template <int MR, int NP>
 BERTLET_TARGET_S8A __attribute__((always_inline)) inline void qk_acc(const unsigned char* q8, std::ptrdiff_t dq,
                                                                      const unsigned char* kp, const std::int32_t* kc,
@@ -391,8 +392,7 @@ BERTLET_TARGET_S8A __attribute__((always_inline)) inline void qk_acc(const unsig
     const std::ptrdiff_t ps = 16 * dq, groups = dq / 4;
 #pragma GCC unroll 8
     for (int j = 0; j < NP; ++j) {
-        const __m512i c =
-            _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(_mm512_loadu_si512(kc + 16 * j), 7));
+        const __m512i c = _mm512_loadu_si512(kc + 16 * j);
 #pragma GCC unroll 4
         for (int i = 0; i < MR; ++i) acc[i][j] = c;
     }
@@ -496,7 +496,7 @@ BERTLET_TARGET_S8A inline void qk_softmax_tile(const unsigned char* q8, std::ptr
 /// qk_softmax_tile, so the same bits.
 template <int G, int NP>
 BERTLET_TARGET_S8A inline void qk_softmax_row(__m512i (&acc)[NP], const unsigned char* qn, const float* sq,
-                                              const unsigned char* kp, const std::int32_t* corr, const float* ks,
+                                              const unsigned char* kp, const std::int32_t* kc, const float* ks,
                                               std::ptrdiff_t L, unsigned char* pr, std::int32_t* sum) {
     constexpr std::ptrdiff_t ps = 16 * 4 * G;  // bytes per key panel
     const __mmask16 mlast = mask16(L - 16 * (NP - 1));
@@ -520,7 +520,7 @@ BERTLET_TARGET_S8A inline void qk_softmax_row(__m512i (&acc)[NP], const unsigned
     const __m512 sqv = _mm512_set1_ps(sq[0]), nms = _mm512_mul_ps(m, _mm512_set1_ps(-sq[0]));  // -(max * sq)
     if (qn) {
 #pragma GCC unroll 8
-        for (int j = 0; j < NP; ++j) acc[j] = _mm512_loadu_si512(corr + 16 * j);
+        for (int j = 0; j < NP; ++j) acc[j] = _mm512_loadu_si512(kc + 16 * j);
     }
     constexpr int NP4 = NP / 4 * 4;
     const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
@@ -561,7 +561,7 @@ BERTLET_TARGET_S8A __attribute__((noinline)) void qk_softmax_rows(const unsigned
                                                                    std::ptrdiff_t rows, bool carried, bool more,
                                                                    __m512i* carry, const float* sq,
                                                                    const unsigned char* kp, const std::int32_t* kc,
-                                                                   const std::int32_t* corr, const float* ks,
+                                                                   const float* ks,
                                                                    std::ptrdiff_t L, unsigned char* p8,
                                                                    std::ptrdiff_t ldp, std::int32_t* sums) {
     __m512i acc[NP];
@@ -575,7 +575,7 @@ BERTLET_TARGET_S8A __attribute__((noinline)) void qk_softmax_rows(const unsigned
         for (int j = 0; j < NP; ++j) acc[j] = acc1[0][j];
     }
     for (std::ptrdiff_t r = 0; r < rows; ++r)
-        qk_softmax_row<G, NP>(acc, r + 1 < rows || more ? q8 + (r + 1) * dq : nullptr, sq + r, kp, corr, ks, L,
+        qk_softmax_row<G, NP>(acc, r + 1 < rows || more ? q8 + (r + 1) * dq : nullptr, sq + r, kp, kc, ks, L,
                               p8 + r * ldp, sums + r);
     if (more) {
 #pragma GCC unroll 8
@@ -687,12 +687,7 @@ BERTLET_TARGET_S8A inline void attention_head(const float* q, const float* k, co
     auto* p8 = base + y.o_p;
     auto* inv = reinterpret_cast<float*>(base + y.o_inv);
     const std::ptrdiff_t dq = y.dq, lds = y.lds;
-    alignas(64) std::int32_t corr[128];  // their start: -128 x the key row sums (the u8 correction), per key
-    __m512i carry[8];                    // qk_softmax_rows' accumulators from one block of rows to the next
-    if (y.np <= 8)
-        for (std::ptrdiff_t t = 0; t < y.np * 16; t += 16)
-            _mm512_store_si512(corr + t, _mm512_sub_epi32(_mm512_setzero_si512(),
-                                                          _mm512_slli_epi32(_mm512_loadu_si512(kc + t), 7)));
+    __m512i carry[8];  // qk_softmax_rows' accumulators from one block of rows to the next
     for (std::ptrdiff_t i0 = 0; i0 < L; i0 += rb) {
         const std::ptrdiff_t rows = std::min<std::ptrdiff_t>(rb, L - i0);
         alignas(64) std::int32_t sums[rb + 16];
@@ -701,8 +696,8 @@ BERTLET_TARGET_S8A inline void attention_head(const float* q, const float* k, co
                 constexpr int NP = decltype(npc)::value;
                 const auto run = [&](auto gc) BERTLET_TARGET_S8A {
                     constexpr int G = decltype(gc)::value;
-                    qk_softmax_rows<G, NP>(q8 + i0 * dq, dq, rows, i0 > 0, i0 + rows < L, carry, sq + i0, kp, kc,
-                                           corr, ks, L, p8, y.ldp, sums);
+                    qk_softmax_rows<G, NP>(q8 + i0 * dq, dq, rows, i0 > 0, i0 + rows < L, carry, sq + i0, kp, kc, ks,
+                                           L, p8, y.ldp, sums);
                 };
                 if (dq == 32) run(std::integral_constant<int, 8>{});
                 else run(std::integral_constant<int, 16>{});
