@@ -969,35 +969,38 @@ void s8_kernel_avx512_vnni(const s8_job& a, std::size_t m0, std::size_t p0) {
     const std::size_t per = ntiles ? (lines + ntiles - 1) / ntiles : 0;
     const std::size_t first = std::min(lines, (m0 / MR) * per);
     const std::size_t npf = std::min(per, lines - first);
-    const std::int8_t* pf = wp + NR * ps + first * 64;
+    const std::int8_t* pf = wp + NR * ps + first * 64;  // advanced as the lines are prefetched
     const std::size_t step = npf ? std::max<std::size_t>(1, a.groups / npf) : a.groups;
-    // The k-groups run in chunks of `step`, one prefetch before each (while any are left), so the inner loop is only
-    // loads and vpdpbusd. Rows are addressed from two bases (rows 0-3 and 4-7) with ldq and 3 ldq as index registers:
-    // with one pointer per row GCC ran out of registers and reloaded row pointers from the stack every k-group.
+    // One loop over the k-groups with a countdown to the next prefetch (two well-predicted branches per group): the
+    // earlier form, chunks of `step` groups in an outer loop with the prefetch between them, made GCC spill and
+    // reload ~30 scalars around every chunk (this form: GEMMs 0.5-1.5 % faster, forward 0.993x). Rows are addressed
+    // from two bases (rows 0-3 and 4-7) with ldq and 3 ldq as index registers: with one pointer per row GCC ran out
+    // of registers and reloaded row pointers from the stack every k-group.
     const std::size_t ldq3 = 3 * ldq;
-    std::size_t pk = 0;
-    for (std::size_t g0 = 0; g0 < a.groups; g0 += step) {
-        if (pk < npf) {
-            _mm_prefetch(reinterpret_cast<const char*>(pf + pk * 64), _MM_HINT_T1);
-            ++pk;
-        }
-        const std::size_t g1 = std::min(a.groups, g0 + step);
-        const std::uint8_t* x0 = xr + 4 * g0;
-        const std::int8_t* w0 = wp + 64 * g0;
-        for (std::size_t g = g0; g < g1; ++g, x0 += 4, w0 += 64) {
-            const std::uint8_t* x4 = x0 + 4 * ldq;
-            __m512i w[NR];
-#pragma GCC unroll 8
-            for (int j = 0; j < NR; ++j) w[j] = _mm512_loadu_si512(w0 + j * ps);
-#pragma GCC unroll 16
-            for (int i = 0; i < MR; ++i) {
-                const std::uint8_t* base = i < 4 ? x0 : x4;
-                const int r = i & 3;
-                const std::uint8_t* xp = r == 0 ? base : r == 1 ? base + ldq : r == 2 ? base + 2 * ldq : base + ldq3;
-                const __m512i xb = _mm512_set1_epi32(s8_load32(xp));
-#pragma GCC unroll 8
-                for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], xb, w[j]);
+    const std::int8_t* pf_end = pf + npf * 64;
+    std::size_t until_pf = 1;
+    const std::uint8_t* x0 = xr;
+    const std::int8_t* w0 = wp;
+    for (std::size_t g = 0; g < a.groups; ++g, x0 += 4, w0 += 64) {
+        if (--until_pf == 0) {
+            until_pf = step;
+            if (pf < pf_end) {
+                _mm_prefetch(reinterpret_cast<const char*>(pf), _MM_HINT_T1);
+                pf += 64;
             }
+        }
+        const std::uint8_t* x4 = x0 + 4 * ldq;
+        __m512i w[NR];
+#pragma GCC unroll 8
+        for (int j = 0; j < NR; ++j) w[j] = _mm512_loadu_si512(w0 + j * ps);
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; ++i) {
+            const std::uint8_t* base = i < 4 ? x0 : x4;
+            const int r = i & 3;
+            const std::uint8_t* xp = r == 0 ? base : r == 1 ? base + ldq : r == 2 ? base + 2 * ldq : base + ldq3;
+            const __m512i xb = _mm512_set1_epi32(s8_load32(xp));
+#pragma GCC unroll 8
+            for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], xb, w[j]);
         }
     }
     s8_tile_store_avx512<MR, NR, RAW, EP>(a, m0, p0, acc);
