@@ -197,6 +197,9 @@ struct s8_gemm {
     s8_epilogue ep;
     float* Y = nullptr;
     std::size_t ldy = 0;
+    /// Optional: the weights of the int8 GEMM that runs next (AVX-512 VNNI path): while this one computes its last
+    /// panel block, its tiles prefetch that GEMM's first block, which would otherwise come from L3 / DRAM unhidden.
+    const packed_s8* next = nullptr;
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -271,6 +274,8 @@ struct s8_job {
     std::int32_t* C;         // s32 output (RAW = true)
     std::size_t ldc;
     std::size_t M = 0;       // rows of the whole GEMM (spreads the weight prefetch over the row tiles)
+    const std::int8_t* next = nullptr;  // first weight block of the next GEMM (s8_gemm::next), prefetched ...
+    std::size_t next_bytes = 0;         // ... by the tiles of the last block
 };
 
 inline std::uint8_t* s8_align64(std::uint8_t* p) noexcept {
@@ -767,54 +772,90 @@ inline __m512 s8_ldm_avx512(const float* x, const float* cs, std::size_t i, __mm
     return SMOOTH ? _mm512_mul_ps(v, _mm512_maskz_loadu_ps(k, cs + i)) : v;
 }
 
-// As s8_quantize_rows_avx2, 64 floats per step (4 zmm -> packs -> one 64-byte store).
+// As s8_quantize_rows_avx2, 64 floats per step (4 zmm -> packs -> one 64-byte store), R rows at a time: the rows'
+// maximum chains, horizontal reductions and reciprocals are independent and overlap (one row at a time, each row's
+// reduction and division sat between its two passes: 7.5 cycles per 16 floats at K = 384; four rows: ~5). Every
+// row's operations are those of R = 1 (four max chains over i mod 64, the same reduction), so the same bits.
+template <bool SMOOTH, int R>
+BERTLET_TARGET(BERTLET_S8_AVX512) __attribute__((always_inline))
+inline void s8_quantize_block_avx512(const float* X, std::size_t ldx, const float* cs, std::size_t K, std::uint8_t* q,
+                                     std::size_t ldq, float* sx, std::size_t m, std::uint8_t flip) {
+    const __m512i lo8 = _mm512_set1_epi8(-127), flip8 = _mm512_set1_epi8(static_cast<char>(flip));
+    const __m512i perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m128i lo16 = _mm_set1_epi8(-127), flip16 = _mm_set1_epi8(static_cast<char>(flip));
+    const float* x[R];
+    std::uint8_t* qr[R];
+    __m512 mx[R][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+        x[r] = X + (m + r) * ldx;
+        qr[r] = q + (m + r) * ldq;
+        mx[r][0] = mx[r][1] = mx[r][2] = mx[r][3] = _mm512_setzero_ps();
+    }
+    std::size_t i = 0;
+    for (; i + 64 <= K; i += 64) {
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) {
+            mx[r][0] = _mm512_max_ps(mx[r][0], _mm512_abs_ps(s8_ld_avx512<SMOOTH>(x[r], cs, i)));
+            mx[r][1] = _mm512_max_ps(mx[r][1], _mm512_abs_ps(s8_ld_avx512<SMOOTH>(x[r], cs, i + 16)));
+            mx[r][2] = _mm512_max_ps(mx[r][2], _mm512_abs_ps(s8_ld_avx512<SMOOTH>(x[r], cs, i + 32)));
+            mx[r][3] = _mm512_max_ps(mx[r][3], _mm512_abs_ps(s8_ld_avx512<SMOOTH>(x[r], cs, i + 48)));
+        }
+    }
+    for (; i + 16 <= K; i += 16) {
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r)
+            mx[r][0] = _mm512_max_ps(mx[r][0], _mm512_abs_ps(s8_ld_avx512<SMOOTH>(x[r], cs, i)));
+    }
+    const std::size_t kt = i;
+    const __mmask16 tail = static_cast<__mmask16>((1u << (K - kt)) - 1u);
+    __m512 vinv[R];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+        if (tail) mx[r][1] = _mm512_max_ps(mx[r][1], _mm512_abs_ps(s8_ldm_avx512<SMOOTH>(x[r], cs, kt, tail)));
+        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(mx[r][0], mx[r][1]),
+                                                              _mm512_max_ps(mx[r][2], mx[r][3])));
+        sx[m + r] = amax / 127.f;
+        vinv[r] = _mm512_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
+    }
+    for (i = 0; i + 64 <= K; i += 64) {
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) {
+            const __m512i c0 = _mm512_cvtps_epi32(_mm512_mul_ps(s8_ld_avx512<SMOOTH>(x[r], cs, i), vinv[r]));
+            const __m512i c1 = _mm512_cvtps_epi32(_mm512_mul_ps(s8_ld_avx512<SMOOTH>(x[r], cs, i + 16), vinv[r]));
+            const __m512i c2 = _mm512_cvtps_epi32(_mm512_mul_ps(s8_ld_avx512<SMOOTH>(x[r], cs, i + 32), vinv[r]));
+            const __m512i c3 = _mm512_cvtps_epi32(_mm512_mul_ps(s8_ld_avx512<SMOOTH>(x[r], cs, i + 48), vinv[r]));
+            __m512i b = _mm512_packs_epi16(_mm512_packs_epi32(c0, c1), _mm512_packs_epi32(c2, c3));
+            b = _mm512_permutexvar_epi32(perm, b);
+            b = _mm512_xor_si512(_mm512_max_epi8(b, lo8), flip8);
+            _mm512_storeu_si512(qr[r] + i, b);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+        std::size_t j = i;
+        for (; j + 16 <= K; j += 16) {
+            const __m128i b =
+                _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(s8_ld_avx512<SMOOTH>(x[r], cs, j), vinv[r])));
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(qr[r] + j), _mm_xor_si128(_mm_max_epi8(b, lo16), flip16));
+        }
+        if (tail) {
+            const __m128i b = _mm512_cvtsepi32_epi8(
+                _mm512_cvtps_epi32(_mm512_mul_ps(s8_ldm_avx512<SMOOTH>(x[r], cs, j, tail), vinv[r])));
+            _mm_mask_storeu_epi8(qr[r] + j, tail, _mm_xor_si128(_mm_max_epi8(b, lo16), flip16));
+        }
+        for (j = K; j < ldq; ++j) qr[r][j] = flip;
+    }
+}
+
 template <bool SMOOTH>
 BERTLET_TARGET(BERTLET_S8_AVX512)
 void s8_quantize_rows_avx512(const float* X, std::size_t ldx, const float* cs, std::size_t K, std::uint8_t* q,
                              std::size_t ldq, float* sx, std::size_t m0, std::size_t m1, bool u8) {
     const std::uint8_t flip = u8 ? 0x80 : 0x00;
-    const __m512i lo8 = _mm512_set1_epi8(-127), flip8 = _mm512_set1_epi8(static_cast<char>(flip));
-    const __m512i perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-    const __m128i lo16 = _mm_set1_epi8(-127), flip16 = _mm_set1_epi8(static_cast<char>(flip));
-    for (std::size_t m = m0; m < m1; ++m) {
-        const float* x = X + m * ldx;
-        std::uint8_t* qr = q + m * ldq;
-        __m512 mx0 = _mm512_setzero_ps(), mx1 = _mm512_setzero_ps(), mx2 = _mm512_setzero_ps(),
-               mx3 = _mm512_setzero_ps();
-        std::size_t i = 0;
-        for (; i + 64 <= K; i += 64) {
-            mx0 = _mm512_max_ps(mx0, _mm512_abs_ps(s8_ld_avx512<SMOOTH>(x, cs, i)));
-            mx1 = _mm512_max_ps(mx1, _mm512_abs_ps(s8_ld_avx512<SMOOTH>(x, cs, i + 16)));
-            mx2 = _mm512_max_ps(mx2, _mm512_abs_ps(s8_ld_avx512<SMOOTH>(x, cs, i + 32)));
-            mx3 = _mm512_max_ps(mx3, _mm512_abs_ps(s8_ld_avx512<SMOOTH>(x, cs, i + 48)));
-        }
-        for (; i + 16 <= K; i += 16) mx0 = _mm512_max_ps(mx0, _mm512_abs_ps(s8_ld_avx512<SMOOTH>(x, cs, i)));
-        const __mmask16 tail = static_cast<__mmask16>((1u << (K - i)) - 1u);
-        if (tail) mx1 = _mm512_max_ps(mx1, _mm512_abs_ps(s8_ldm_avx512<SMOOTH>(x, cs, i, tail)));
-        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(mx0, mx1), _mm512_max_ps(mx2, mx3)));
-        const float inv = amax > 0.f ? 127.f / amax : 0.f;
-        sx[m] = amax / 127.f;
-        const __m512 vinv = _mm512_set1_ps(inv);
-        for (i = 0; i + 64 <= K; i += 64) {
-            const __m512i c0 = _mm512_cvtps_epi32(_mm512_mul_ps(s8_ld_avx512<SMOOTH>(x, cs, i), vinv));
-            const __m512i c1 = _mm512_cvtps_epi32(_mm512_mul_ps(s8_ld_avx512<SMOOTH>(x, cs, i + 16), vinv));
-            const __m512i c2 = _mm512_cvtps_epi32(_mm512_mul_ps(s8_ld_avx512<SMOOTH>(x, cs, i + 32), vinv));
-            const __m512i c3 = _mm512_cvtps_epi32(_mm512_mul_ps(s8_ld_avx512<SMOOTH>(x, cs, i + 48), vinv));
-            __m512i b = _mm512_packs_epi16(_mm512_packs_epi32(c0, c1), _mm512_packs_epi32(c2, c3));
-            b = _mm512_permutexvar_epi32(perm, b);
-            b = _mm512_xor_si512(_mm512_max_epi8(b, lo8), flip8);
-            _mm512_storeu_si512(qr + i, b);
-        }
-        for (; i + 16 <= K; i += 16) {
-            const __m128i b = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(s8_ld_avx512<SMOOTH>(x, cs, i), vinv)));
-            _mm_storeu_si128(reinterpret_cast<__m128i*>(qr + i), _mm_xor_si128(_mm_max_epi8(b, lo16), flip16));
-        }
-        if (tail) {
-            const __m128i b = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(s8_ldm_avx512<SMOOTH>(x, cs, i, tail), vinv)));
-            _mm_mask_storeu_epi8(qr + i, tail, _mm_xor_si128(_mm_max_epi8(b, lo16), flip16));
-        }
-        for (i = K; i < ldq; ++i) qr[i] = flip;
-    }
+    std::size_t m = m0;
+    for (; m + 4 <= m1; m += 4) s8_quantize_block_avx512<SMOOTH, 4>(X, ldx, cs, K, q, ldq, sx, m, flip);
+    for (; m < m1; ++m) s8_quantize_block_avx512<SMOOTH, 1>(X, ldx, cs, K, q, ldq, sx, m, flip);
 }
 
 // Epilogue kinds the AVX-512 VNNI kernel is compiled for, so the encoder's linears run their epilogue without a
@@ -960,16 +1001,19 @@ void s8_kernel_avx512_vnni(const s8_job& a, std::size_t m0, std::size_t p0) {
     }
     const std::uint8_t* xr = a.xq + m0 * a.ldq;
     const std::size_t ldq = a.ldq;
-    // This tile's share of the next NR-panel weight block (row tile m0 / MR of ceil(M / MR)) is prefetched into L2,
-    // one line every `step` k-groups: the weights stream from L3 / DRAM once per forward pass, and spreading the
-    // prefetches keeps them from crowding this tile's own loads (measured ~3-5% of an int8 forward at seq 128).
+    // This tile's share of the next NR-panel weight block (row tile m0 / MR of ceil(M / MR)) is prefetched, one line
+    // every `step` k-groups: the weights stream from L3 / DRAM once per forward pass, and spreading the prefetches
+    // keeps them from crowding this tile's own loads (measured ~3-5% of an int8 forward at seq 128). prefetcht0, not
+    // t1: on Zen 4 the GEMMs with weights cold in L2 ran 2-3.5% faster, the int8 forward 1.5%.
+    // The last block(s) prefetch the next GEMM's first block instead (s8_gemm::next; none: nothing).
     const std::size_t npanels = (a.N + 15) / 16;
-    const std::size_t lines = p0 + 2 * NR <= npanels ? NR * ps / 64 : 0;
+    const bool inside = p0 + 2 * NR <= npanels;
+    const std::size_t lines = inside ? NR * ps / 64 : (a.next ? a.next_bytes / 64 : 0);
     const std::size_t ntiles = (a.M + MR - 1) / MR;
     const std::size_t per = ntiles ? (lines + ntiles - 1) / ntiles : 0;
     const std::size_t first = std::min(lines, (m0 / MR) * per);
     const std::size_t npf = std::min(per, lines - first);
-    const std::int8_t* pf = wp + NR * ps + first * 64;  // advanced as the lines are prefetched
+    const std::int8_t* pf = (inside ? wp + NR * ps : a.next) + first * 64;  // advanced as the lines are prefetched
     const std::size_t step = npf ? std::max<std::size_t>(1, a.groups / npf) : a.groups;
     // One loop over the k-groups with a countdown to the next prefetch (two well-predicted branches per group): the
     // earlier form, chunks of `step` groups in an outer loop with the prefetch between them, made GCC spill and
@@ -985,7 +1029,7 @@ void s8_kernel_avx512_vnni(const s8_job& a, std::size_t m0, std::size_t p0) {
         if (--until_pf == 0) {
             until_pf = step;
             if (pf < pf_end) {
-                _mm_prefetch(reinterpret_cast<const char*>(pf), _MM_HINT_T1);
+                _mm_prefetch(reinterpret_cast<const char*>(pf), _MM_HINT_T0);
                 pf += 64;
             }
         }
@@ -1265,6 +1309,13 @@ inline void s8_run(s8_path p, const s8_job& a, std::size_t m0, std::size_t m1, s
     }
 }
 
+/// s8_gemm::next -> the job's prefetch target: the first panel block of those weights (the whole of them if smaller).
+inline void s8_set_next(s8_path p, s8_job& j, const packed_s8* next) noexcept {
+    if (!next || !next->data) return;
+    j.next = next->data;
+    j.next_bytes = std::min(s8_path_panel_block(p), next->panels()) * 16 * next->k_padded;
+}
+
 inline void s8_require_path(s8_path p) {
     if (!s8_path_supported(p))
         throw input_error(errc::bad_argument, std::string("gemm_s8: path ") + s8_path_name(p) +
@@ -1387,6 +1438,7 @@ inline void gemm_s8_parallel(detail::thread_pool* pool, s8_path p, const s8_acti
     for (std::size_t i = 0; i < count; ++i) {
         if (!gemms[i].W) throw input_error(errc::bad_argument, "gemm_s8_parallel: null weights");
         jobs[i] = detail::s8_make_job(p, A, *gemms[i].W, gemms[i].ep, gemms[i].Y, gemms[i].ldy, nullptr, 0);
+        detail::s8_set_next(p, jobs[i], gemms[i].next);
         macs += double(A.M) * double(gemms[i].W->n_padded()) * double(A.k_padded);
     }
     const std::size_t threads = pool ? pool->size() : 1;
@@ -1444,6 +1496,7 @@ inline s8_activations quantize_gemm_s8_parallel(detail::thread_pool* pool, s8_pa
     for (std::size_t i = 0; i < count; ++i) {
         if (!gemms[i].W) throw input_error(errc::bad_argument, "quantize_gemm_s8_parallel: null weights");
         jobs[i] = detail::s8_make_job(p, A, *gemms[i].W, gemms[i].ep, gemms[i].Y, gemms[i].ldy, nullptr, 0);
+        detail::s8_set_next(p, jobs[i], gemms[i].next);
         panels[i] = gemms[i].W->panels();
         macs += double(M) * double(gemms[i].W->n_padded()) * double(A.k_padded);
     }

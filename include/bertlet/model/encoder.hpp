@@ -136,7 +136,8 @@ template <class Shape>
 struct encoder_block {
     static void forward(const Shape& s, const layer_weights& w, float eps, detail::gelu_kind act,
                         const sequence_span* seqs, std::size_t nseq, std::size_t tokens, workspace& ws,
-                        const detail::exec_context& ex, const float* in_ln_g, const float* in_ln_b) {
+                        const detail::exec_context& ex, const float* in_ln_g, const float* in_ln_b,
+                        const packed_s8* next_q8 = nullptr) {  // the next block's first int8 weight (prefetch)
         using std::ptrdiff_t;
         const detail::kernel_table& K = *ex.k;
         const ptrdiff_t H = static_cast<ptrdiff_t>(s.hidden());
@@ -163,7 +164,7 @@ struct encoder_block {
         auto linear = [&](const float* a, ptrdiff_t in, const float* wp, const packed_s8& w8, const float* as,
                           const std::uint16_t* w16, const float* b, ptrdiff_t out, float* y, const float* residual,
                           detail::activation fn, float* ln_x = nullptr, const float* ln_g = nullptr,
-                          const float* ln_b = nullptr) {
+                          const float* ln_b = nullptr, const packed_s8* next = nullptr) {
             // ln_x (== a, or null): LayerNorm those rows in place first (ln_g / ln_b); int8: inside the GEMM's job
             const detail::epilogue ep{1.0f, b, residual, out, fn};
             if (ln_x && !w8.data) layernorm(K, ex, ln_x, T, in, ln_g, ln_b, eps);
@@ -184,6 +185,7 @@ struct encoder_block {
                 g.ep.act = fn;
                 g.Y = y;
                 g.ldy = static_cast<std::size_t>(out);
+                g.next = next;
                 quantize_gemm_s8_parallel(ex.pool, ex.s8, a, static_cast<std::size_t>(T), static_cast<std::size_t>(in),
                                           static_cast<std::size_t>(in), as, ws.s8_.data(), &g, 1,
                                           rows_layernorm(K, ln_x, in, ln_g, ln_b, eps));
@@ -207,6 +209,9 @@ struct encoder_block {
                 g[j].Y = q + j * H;
                 g[j].ldy = static_cast<std::size_t>(3 * H);
             }
+            g[0].next = &w.k8;  // each prefetches the first weight block of the int8 GEMM after it
+            g[1].next = &w.v8;
+            g[2].next = &w.o8;
             quantize_gemm_s8_parallel(ex.pool, ex.s8, x, static_cast<std::size_t>(T), static_cast<std::size_t>(H),
                                       static_cast<std::size_t>(H), w.as_q, ws.s8_.data(), g, 3,
                                       rows_layernorm(K, in_ln_g ? x : nullptr, H, in_ln_g, in_ln_b, eps));
@@ -297,10 +302,12 @@ struct encoder_block {
 
         const detail::activation fn =
             act == detail::gelu_kind::erf ? detail::activation::gelu_erf : detail::activation::gelu_tanh;
-        linear(ctx, H, w.wo, w.o8, w.as_o, w.o16, w.bo, H, tmp, x, none);          // tmp = attn_out + x
+        linear(ctx, H, w.wo, w.o8, w.as_o, w.o16, w.bo, H, tmp, x, none, nullptr, nullptr, nullptr,
+               &w.i8);  // tmp = attn_out + x
         // tmp = LN(tmp), inter = GELU(tmp Wi + bi)
-        linear(tmp, H, w.wi, w.i8, w.as_i, w.i16, w.bi, I, inter, nullptr, fn, tmp, w.ln1_g, w.ln1_b);
-        linear(inter, I, w.wo2, w.o28, w.as_o2, w.o216, w.bo2, H, x, tmp, none);  // x = ffn_out + tmp
+        linear(tmp, H, w.wi, w.i8, w.as_i, w.i16, w.bi, I, inter, nullptr, fn, tmp, w.ln1_g, w.ln1_b, &w.o28);
+        linear(inter, I, w.wo2, w.o28, w.as_o2, w.o216, w.bo2, H, x, tmp, none, nullptr, nullptr, nullptr,
+               next_q8);  // x = ffn_out + tmp
         // x = LN(x) (ln2) is the caller's: the next block's in_ln, or a last layernorm()
     }
 
@@ -498,9 +505,10 @@ private:
         // output LayerNorm to the next one; the last runs here
         const float* ln_g = emb_ln_g_;
         const float* ln_b = emb_ln_b_;
-        for (const auto& w : layers_) {
+        for (std::size_t l = 0; l < layers_.size(); ++l) {
+            const auto& w = layers_[l];
             encoder_block<Shape>::forward(s, w, cfg_.layer_norm_eps, cfg_.activation, seqs, nseq, tokens, ws, ex,
-                                          ln_g, ln_b);
+                                          ln_g, ln_b, l + 1 < layers_.size() ? &layers_[l + 1].q8 : nullptr);
             ln_g = w.ln2_g;
             ln_b = w.ln2_b;
         }
