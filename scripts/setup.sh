@@ -95,7 +95,7 @@ fi
 
 # 4b. int8 blob (bertlet-quantize; docs/INT8.md): all six linears int8, smoothing calibrated on STS-B train, f16 word
 #     embeddings: 36 MB -----------------------------------------------------------------------------------------
-Q_HASH=$(cat "$BLOB.stamp" "$ROOT"/tools/bertlet_tools/{quantize_blob,quantize,int8_sim,calibrate,convert,blob}.py \
+Q_HASH=$(cat "$BLOB.stamp" "$ROOT"/tools/bertlet_tools/{quantize_blob,quantize,int8_sim,gelu_int8,calibrate,convert,blob}.py \
   "$BERTLET_DATA/stsb/sts-train.csv" | sha256sum | cut -c1-16)
 QBLOB="$MODELS/all-MiniLM-L6-v2.int8.bertlet"
 if [ ! -f "$QBLOB" ] || [ "$(cat "$QBLOB.stamp" 2>/dev/null)" != "$Q_HASH" ]; then

@@ -15,9 +15,9 @@ GELU (kernels/avx2.hpp and kernels/avx512.hpp gelu_erf_ps):
   Fit: minimax in float64 (Lawson's iteratively reweighted least squares on Chebyshev nodes), then the coefficients
   are rounded to float32 from the highest degree down, refitting the lower ones after each rounding.
 GELU of the int8 epilogue (gemm_s8.hpp s8_gelu_q, tools/bertlet_tools/gelu_int8.py), scheme "int8":
-    GELU(v) = max(0, v) - q(min(|v|, AMAX)),  q(a) = 0.5 a erfc(a / sqrt 2),  AMAX = 6
-  q is 16 pieces of degree 3 in a itself (no local variable: two operations fewer), k = round(a S); q(0) = 0 is held,
-  and the last piece's constant term is nudged down until q(AMAX) <= 0 (it comes out at -7e-12).
+    GELU(v) = max(0, v) - q(min(|v|, AMAX)),  q(a) = 0.5 a erfc(a / sqrt 2),  AMAX = 4.25
+  q is 16 pieces of degree 2 in a itself (no local variable: two operations fewer), k = round(a S); q(0) = 0 is held,
+  and the last piece's constant term is nudged down until q(AMAX) <= 0 (it comes out at -1.2e-10).
 exp (kernels/avx512.hpp exp_ps): e^r on |r| <= ln2 / 2 (+ a margin for the rounding of x log2 e), degree 6,
   P(0) = 1 exactly (exp(0) = 1: a softmax row's maximum gives exactly 1), relative minimax, same rounding scheme.
 
@@ -100,7 +100,7 @@ def gelu_eval(s, amax, C, v):
     return fma32(a, p, f32(f32(0.5) * v)), p, ac
 
 
-def gelu_q_fit(npieces=16, end=6.0, degree=3):
+def gelu_q_fit(npieces=16, end=4.25, degree=2):
     s = f32((npieces - 0.5) / end)
     amax = f32(end)
     while np.float64(amax) * np.float64(s) >= npieces - 0.5:
@@ -164,7 +164,7 @@ def main():
               f"g in [{p.min()}, {p.max()}]")
 
     s, amax, C = gelu_q_fit()
-    print(f"// GELU, int8: 16 pieces of q(a) = 0.5 a erfc(a / sqrt 2), degree 3 in a; S = {lit(s)}, AMAX = {lit(amax)}")
+    print(f"// GELU, int8: 16 pieces of q(a) = 0.5 a erfc(a / sqrt 2), degree 2 in a; S = {lit(s)}, AMAX = {lit(amax)}")
     for j in range(C.shape[1]):
         print("    {" + ", ".join(lit(C[k, j]) for k in range(C.shape[0])) + "},")
     y, _ = gelu_q_eval(s, amax, C, v)

@@ -570,7 +570,7 @@ TEST_CASE("gemm_s8: fused epilogues (bias, residual, GELU) against a plain refer
                                 }
                                 CHECK(ok);
                                 CHECK(pad);
-                                CHECK(worst <= 1e-5);  // the int8 GELU: <= 6.7e-6 (1 + |v|) (gemm_s8.hpp)
+                                CHECK(worst <= 9e-5);  // the int8 GELU: |error| <= 8.4e-5 (gemm_s8.hpp)
                                 if (p == s8_path::scalar)
                                     Yscalar = Y;
                                 else
