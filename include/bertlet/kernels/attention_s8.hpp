@@ -22,8 +22,8 @@
 // pass makes P); pv_tile multiplies 12 P rows by V. One head at L 128, D 32 on Zen 4: 9.5 us (3-row tiles: 10.6;
 // bf16 attention 15.2, fp32 25; `bertlet_bench_gemm_bf16 --benchmark_filter=fused`). Sums stay far below 2^31
 // (|acc| <= 255 * 127 * max(L, D)).
-// Accuracy (the int8 MiniLM against HF fp32, all of STS-B test, docs/INT8.md): min cosine 0.99409, Spearman 81.95
-// (fp32 82.03; bf16 attention 0.99353 / 81.91).
+// Accuracy (the int8 MiniLM against HF fp32, all of STS-B test, docs/INT8.md): min cosine 0.99297, Spearman 81.94
+// (fp32 82.03; bf16 attention 0.99230 / 81.96; fp32 attention 0.99409 / 81.93).
 //
 // Scratch (s8_attention_scratch_bytes(L, D), any alignment): q8 [L, dq] (dq = D rounded up to 4) and sq; packed K,
 // its u8 corrections (-128 x row sums), scales; packed V, scales, zero row sums; the scores (L > 128 only), u8 P rows
