@@ -312,7 +312,7 @@ inline float s8_max(float a, float b) noexcept { return a > b ? a : b; }  // vma
 /// [-12, 12]: ~0.5 % of the int8 quantization step of the FFN input that follows (amax / 127 per token; amax is
 /// several units there), so it moves a rounding of that quantization now and then and nothing else. Why this form:
 /// on Zen 4 vpdpbusd and FMAs share two pipes and every zmm operation takes half a cycle of the four vector pipes,
-/// and the epilogue's GELU ran at ~11 cycles per vector next to the k loop; this is 10 operations (3 of them FMAs;
+/// and the epilogue's GELU ran at ~11 cycles per vector next to the k loop; this is 10 operations (9 on AVX-512; 3 of them FMAs;
 /// the cubic pieces before it: 12 and 4, int8 forward 0.989x; the fp32 16-piece quartic in local coordinates:
 /// 16 and 7). NaN -> NaN, +inf -> +inf, -inf -> ~0 (1.2e-10).
 inline constexpr int s8_gelu_degree = 2;
@@ -735,7 +735,7 @@ BERTLET_TARGET(BERTLET_S8_AVX512) inline __m512 s8_exp_avx512(__m512 x) {
     return _mm512_mul_ps(y, _mm512_castsi512_ps(e));
 }
 
-// s8_gelu_scalar: a 16-entry table row is one vpermps (avx512::gelu_erf_ps, with the clamp's operands swapped).
+// s8_gelu_scalar: a 16-entry table row is one vpermps; the clamp is one vrangeps (9 operations in all).
 BERTLET_TARGET(BERTLET_S8_AVX512) inline __m512 s8_gelu_avx512(__m512 v) {
     // min(|v|, AMAX) in one vrangeps (imm 0x0A: the smaller magnitude, sign cleared) instead of vandps + vminps
     // (the GELU GEMM 0.8 % faster). A NaN v gives a NaN ac here (the scalar form: AMAX); the index is then the NaN's
