@@ -553,6 +553,40 @@ TEST_CASE("batch embedding equals one-by-one embedding (packed sequences, no pad
         for (std::size_t k = 0; k < e.dim(); ++k) CHECK(chunked[i * e.dim() + k] == doctest::Approx(batch[i][k]).epsilon(1e-5));
 }
 
+TEST_CASE("large batches run in groups of sequences: the same bits whatever the group size") {
+    const auto m = make_tiny(tiny_spec{});
+    blob_hooks q;
+    q.int8_linear = true;
+    const std::vector<std::string> texts = {"the cat", "the dog ran on the big mat.", "", "a", "small cats sat",
+                                            "the the the the the the the the the the the the the the the the the",
+                                            "dogs ran", "the big cat sat on the small mat", "!", "a dog . a cat"};
+    for (const bool int8 : {false, true})
+        for (const auto arch : bertlet::detail::available_isas())
+            for (const std::size_t threads : {1, 2}) {
+                CAPTURE(int8);
+                CAPTURE(bertlet::isa_name(arch));
+                CAPTURE(threads);
+                bertlet::load_options lo;
+                lo.arch = arch;
+                lo.threads = threads;
+                lo.group_tokens = 1000000;  // one pass over all rows
+                const auto blob = tiny_blob(m, int8 ? q : blob_hooks{});
+                const auto all = bertlet::embedder::from_bytes(blob, lo).embed_batch(texts);
+                for (const std::size_t g : {1, 7, 12, 40}) {  // 1: every sequence alone; 7, 12: some together
+                    CAPTURE(g);
+                    lo.group_tokens = g;
+                    const auto e = bertlet::embedder::from_bytes(blob, lo);
+                    CHECK(e.model_encoder().group_tokens() == g);
+                    CHECK(e.embed_batch(texts) == all);
+                }
+            }
+    // automatic: 128 rows per thread at hidden size 384, scaled by 384 / H (tiny H = 16: 3072), at least 32
+    CHECK(bertlet::embedder::from_bytes(tiny_blob(m)).model_encoder().group_tokens() == 3072);
+    bertlet::load_options two;
+    two.threads = 2;
+    CHECK(bertlet::embedder::from_bytes(tiny_blob(m), two).model_encoder().group_tokens() == 6144);
+}
+
 TEST_CASE("the loader cross-checks config, vocab and tensors") {
     const auto m = make_tiny(tiny_spec{});
     using bertlet::model_error;
@@ -772,10 +806,18 @@ TEST_CASE("all-MiniLM-L6-v2 int8: loads in place, verifies and stays close to th
         if (mode != 0 && !e.model_encoder().bf16_attention() && !e.model_encoder().int8_attention())
             continue;  // same as the fp32-attention run
         const auto got = e.embed_batch(texts);
+        CHECK(e.model_encoder().group_tokens() == 128);
+        {  // 32 texts, ~400 rows: the automatic groups (128 rows) against one pass over all rows; the same bits
+            bertlet::load_options l1 = lo;
+            l1.verify = false;
+            l1.group_tokens = 100000;
+            CHECK(bertlet::embedder::load(path, l1).embed_batch(texts) == got);
+        }
         if (mode == 2) {  // int8 attention on a pool: per-(sequence, head) tasks, the same bits as one thread
             bertlet::load_options l2 = lo;
             l2.threads = 2;
             l2.verify = false;
+            CHECK(bertlet::embedder::load(path, l2).model_encoder().group_tokens() == 256);
             CHECK(bertlet::embedder::load(path, l2).embed_batch(texts) == got);
         }
         for (std::size_t i = 0; i < gold.size(); ++i) {
