@@ -752,3 +752,75 @@ TEST_CASE("gemm_s8: thread counts 1..3 give identical outputs") {
         }
     }
 }
+
+TEST_CASE("gemm_s8: head-major output (s8_gemm::hd) is the row-major output rearranged, every path and thread count") {
+    const auto paths = supported_paths();
+    struct dims {
+        std::size_t M, K, N;
+    };
+    for (const dims d : {dims{37, 96, 96}, dims{130, 64, 112}, dims{9, 40, 32}}) {
+        const s8_problem P(d.M, d.K, d.N, 950);
+        for (s8_path p : paths) {
+            const std::string path_name = bertlet::s8_path_name(p);
+            CAPTURE(path_name);
+            CAPTURE(d.M);
+            CAPTURE(d.N);
+            std::vector<std::uint8_t> scratch(bertlet::gemm_s8_scratch_bytes(d.M, d.K));
+            const auto A = bertlet::quantize_activations_s8(p, P.X.data(), d.M, d.K, P.ldx, nullptr, scratch.data());
+            const auto w = P.pk.view();
+            for (const auto act : {activation::none, activation::gelu_erf}) {
+                for (const bool bias : {true, false}) {
+                    const bertlet::s8_epilogue ep{bias ? P.b.data() : nullptr, nullptr, 0, act};
+                    std::vector<float> R(d.M * P.ldy, 7.f);
+                    bertlet::gemm_s8_q(p, A, w, ep, R.data(), P.ldy);
+                    for (std::size_t hd = 16; hd <= d.N; hd += 16) {
+                        if (d.N % hd != 0) continue;
+                        CAPTURE(hd);
+                        const std::size_t hstride = d.M * hd + 5;  // a gap after each block stays untouched
+                        for (std::size_t threads : {1u, 2u}) {
+                            CAPTURE(threads);
+                            bertlet::detail::thread_pool pool(threads);
+                            std::vector<float> Y((d.N / hd) * hstride, 7.f);
+                            bertlet::s8_gemm g{&w, ep, Y.data(), 0};
+                            g.hd = hd;
+                            g.hstride = hstride;
+                            std::vector<std::uint8_t> s2(scratch.size());
+                            bertlet::quantize_gemm_s8_parallel(&pool, p, P.X.data(), d.M, d.K, P.ldx, nullptr,
+                                                               s2.data(), &g, 1);
+                            std::size_t bad = 0;
+                            for (std::size_t m = 0; m < d.M; ++m)
+                                for (std::size_t n = 0; n < d.N; ++n)
+                                    bad += std::memcmp(&Y[(n / hd) * hstride + m * hd + n % hd], &R[m * P.ldy + n],
+                                                       4) != 0;
+                            for (std::size_t h = 0; h < d.N / hd; ++h)
+                                for (std::size_t i = d.M * hd; i < hstride; ++i) bad += Y[h * hstride + i] != 7.f;
+                            CHECK(bad == 0);
+                            std::fill(Y.begin(), Y.end(), 7.f);
+                            bertlet::gemm_s8_parallel(&pool, p, A, &g, 1);
+                            bad = 0;
+                            for (std::size_t m = 0; m < d.M; ++m)
+                                for (std::size_t n = 0; n < d.N; ++n)
+                                    bad += std::memcmp(&Y[(n / hd) * hstride + m * hd + n % hd], &R[m * P.ldy + n],
+                                                       4) != 0;
+                            CHECK(bad == 0);
+                        }
+                    }
+                }
+            }
+            // refused: hd not a multiple of 16 or not dividing N, a head stride below M * hd, a residual
+            std::vector<float> Y(4 * d.M * d.N + 64);
+            const auto refused = [&](std::size_t hd, std::size_t hstride, const float* res) {
+                bertlet::s8_gemm g{&w, bertlet::s8_epilogue{P.b.data(), res, res ? P.ldy : 0, activation::none},
+                                   Y.data(), P.ldy};
+                g.hd = hd;
+                g.hstride = hstride;
+                CHECK_THROWS_WITH_AS(bertlet::gemm_s8_parallel(nullptr, p, A, &g, 1), doctest::Contains("head-major"),
+                                     bertlet::input_error);
+            };
+            refused(24, d.M * 24, nullptr);
+            if (d.N % 64 != 0) refused(64, d.M * 64, nullptr);
+            refused(16, d.M * 16 - 1, nullptr);
+            refused(16, d.M * 16, P.R.data());
+        }
+    }
+}

@@ -200,6 +200,8 @@ struct encoder_block {
         ptrdiff_t ldqkv = H;  // row stride of Q, K and V
         const bool fused_qkv = (w.q8.data && w.k8.data && w.v8.data) || w.bqkv;
         if (in_ln_g && !(w.q8.data && w.k8.data && w.v8.data)) layernorm(K, ex, x, T, H, in_ln_g, in_ln_b, eps);
+        // int8 Q, K, V feeding int8 attention: the GEMMs write them head-major (s8_gemm::hd)
+        const bool hm = ex.s8_attention && w.q8.data && w.k8.data && w.v8.data && D % 16 == 0;
         if (w.q8.data && w.k8.data && w.v8.data) {  // int8 Q, K, V: quantize x once, three GEMMs in one pool job
             s8_gemm g[3];
             const packed_s8* W3[3] = {&w.q8, &w.k8, &w.v8};
@@ -210,6 +212,12 @@ struct encoder_block {
                 g[j].Y = q + j * H;
                 g[j].ldy = static_cast<std::size_t>(3 * H);
             }
+            if (hm)  // int8 attention: Q, K and V head-major, each head's [T, D] block contiguous (see attend)
+                for (int j = 0; j < 3; ++j) {
+                    g[j].Y = q + j * T * H;
+                    g[j].hd = static_cast<std::size_t>(D);
+                    g[j].hstride = static_cast<std::size_t>(T * D);
+                }
             g[0].next = &w.k8;  // each prefetches the first weight block of the int8 GEMM after it
             g[1].next = &w.v8;
             g[2].next = &w.o8;
@@ -257,6 +265,11 @@ struct encoder_block {
             const float* vh = v + off * ldqkv + h * D;
             float* ch = ctx + off * H + h * D;
             if (ex.s8_attention) {  // int8 Q K^T and P V through the VNNI GEMM kernel (kernels/attention_s8.hpp)
+                if (hm) {  // head-major Q, K, V (the QKV GEMMs above): this head's rows are back to back
+                    const float* qb = q + h * T * D + off * D;
+                    s8_attention_head(qb, qb + T * H, qb + 2 * T * H, D, ch, H, L, D, scale, kp);
+                    return;
+                }
                 s8_attention_head(qh, kh, vh, ldqkv, ch, H, L, D, scale, kp);
                 return;
             }
