@@ -1,6 +1,7 @@
 // bertlet — int8 attention of one (sequence, head) for int8 models on AVX-512 VNNI CPUs (issue #3; docs/INT8.md).
 //
 //   ctx = softmax(scale * Q K^T) V,  Q, K, V [L, D] (row stride ld), ctx [L, D] (row stride ldc)
+//   (the encoder passes head-major Q, K, V, ld = D: its int8 QKV GEMMs write each head's block contiguous)
 //
 // Both matmuls run as vpdpbusd (u8 x s8, 64 multiply-adds per instruction: twice the bf16 rate of vdpbf16ps) with
 // every integer sum exact, so the result is defined by these quantizations and float operations (the scalar
