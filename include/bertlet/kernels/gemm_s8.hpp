@@ -900,26 +900,11 @@ inline void s8_tile_store_avx512(const s8_job& a, std::size_t m0, std::size_t p0
                 ws[j] = _mm512_loadu_ps(a.w->scales + (p0 + j) * 16);
                 bias[j] = _mm512_loadu_ps(a.bias + (p0 + j) * 16);
             }
-            // each panel's output column block: row m0 of it and the row stride (row-major: ldy; head-major: hd,
-            // blocks of hd columns, one division per tile)
+            // each panel's output at row m0 and the row stride (row-major: ldy; head-major: hd)
             float* yb[NR];
-            std::size_t rs = a.ldy;
-            if (a.hd) {
-                rs = a.hd;
-                const std::size_t hp = a.hd / 16;  // panels per head block
-                std::size_t h = p0 / hp, r = p0 % hp;
 #pragma GCC unroll 8
-                for (int j = 0; j < NR; ++j) {
-                    yb[j] = a.Y + h * a.hstride + m0 * a.hd + r * 16;
-                    if (++r == hp) {
-                        r = 0;
-                        ++h;
-                    }
-                }
-            } else {
-#pragma GCC unroll 8
-                for (int j = 0; j < NR; ++j) yb[j] = a.Y + m0 * a.ldy + (p0 + j) * 16;
-            }
+            for (int j = 0; j < NR; ++j) yb[j] = s8_y(a, m0, (p0 + j) * 16);
+            const std::size_t rs = a.hd ? a.hd : a.ldy;
 #pragma GCC unroll 16
             for (int i = 0; i < MR; ++i) {
                 const std::size_t m = m0 + i;

@@ -198,14 +198,14 @@ struct encoder_block {
         };
         const auto none = detail::activation::none;
         ptrdiff_t ldqkv = H;  // row stride of Q, K and V
-        const bool fused_qkv = (w.q8.data && w.k8.data && w.v8.data) || w.bqkv;
-        if (in_ln_g && !(w.q8.data && w.k8.data && w.v8.data)) layernorm(K, ex, x, T, H, in_ln_g, in_ln_b, eps);
+        const bool int8_qkv = w.q8.data && w.k8.data && w.v8.data;
+        const bool fused_qkv = int8_qkv || w.bqkv;
+        if (in_ln_g && !int8_qkv) layernorm(K, ex, x, T, H, in_ln_g, in_ln_b, eps);
         // int8 Q, K, V feeding a fused attention kernel (int8, bf16 or the path's f32 one) are written head-major
         // (s8_gemm::hd): each head's [T, D] block contiguous, so a head's attention reads its rows back to back (int8
         // attention: forward 0.98-0.99x). The same for the f32 / bf16 QKV GEMM measured no gain (seq 128 1.004x).
-        const bool hm = w.q8.data && w.k8.data && w.v8.data && D % 16 == 0 &&
-                        (ex.s8_attention || ex.bf16_attention || K.attention);
-        if (w.q8.data && w.k8.data && w.v8.data) {  // int8 Q, K, V: quantize x once, three GEMMs in one pool job
+        const bool hm = int8_qkv && D % 16 == 0 && (ex.s8_attention || ex.bf16_attention || K.attention);
+        if (int8_qkv) {  // int8 Q, K, V: quantize x once, three GEMMs in one pool job
             s8_gemm g[3];
             const packed_s8* W3[3] = {&w.q8, &w.k8, &w.v8};
             const float* b3[3] = {w.bq, w.bk, w.bv};
@@ -530,10 +530,10 @@ private:
         // Groups are consecutive sequences whose rows are contiguous, up to group_tokens() rows (a longer sequence
         // is a group of its own); every row's result is the same whatever the grouping.
         const std::size_t bud = group_tokens_;
-        bool ordered = true;  // spans in row order without overlaps (else: one group, the rows as given)
+        bool ordered = tokens > bud;  // spans in row order without overlaps (else: one group, the rows as given)
         for (std::size_t i = 1; i < nseq && ordered; ++i)
             ordered = seqs[i].offset >= seqs[i - 1].offset + seqs[i - 1].length;
-        if (!ordered || tokens <= bud) {
+        if (!ordered) {
             run_group(s, seqs, nseq, 0, tokens, ws, ex);
             return;
         }
