@@ -261,6 +261,123 @@ BERTLET_TARGET_S8A inline __m512i q127lo(__m512 x, __m512 inv) {
     return _mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(x, inv)), _mm512_set1_epi32(-127));
 }
 
+/// prepare's Q and K for one whole block of 16 rows when D = 16 ND (ND 1, 2 or 4, so dq = D): the same values as
+/// the general loop below, with fewer operations. Per matrix (Q, then K: 16 maxima chains live at a time) the row
+/// maxima as there (max(|chunk|, 0) first, so a NaN lane is dropped the same way), then every four 16-float chunks
+/// become one 64-byte vector: vcvtps2dq of x * inv, two saturating packs (INT_MIN from a NaN -> -128), one dword
+/// permute into order and max(., -127) per byte (the general loop's clamp and narrowing give the same byte for every
+/// value vcvtps2dq can produce here: |x * inv| <= 127 or INT_MIN). Q's vectors are its rows in order (+128 as xor
+/// 0x80), stored whole; K's stay in registers, rows paired so that 4 x 4 dword transposes within 128-bit lanes and
+/// one two-source qword permute per k-group give the panel (24 shuffles for D 32 instead of a 16 x 16 transpose
+/// through memory).
+template <int ND>
+BERTLET_TARGET_S8A inline __m512 amax16(const float* x, std::ptrdiff_t ld) {
+    __m512 m[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i) {
+        m[i] = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(x + i * ld)), _mm512_setzero_ps());
+#pragma GCC unroll 4
+        for (int c = 1; c < ND; ++c) m[i] = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(x + i * ld + 16 * c)), m[i]);
+    }
+    return hmax16(m);
+}
+
+/// Four 16-float chunks (row r[u], chunk c[u]) of x times their row's reciprocal scale -> 64 bytes in chunk order.
+BERTLET_TARGET_S8A __attribute__((always_inline)) inline __m512i bytes4(const float* x, std::ptrdiff_t ld,
+                                                                        const float* inv, const int (&r)[4],
+                                                                        const int (&c)[4]) {
+    __m512i v[4];
+#pragma GCC unroll 4
+    for (int u = 0; u < 4; ++u)
+        v[u] = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + r[u] * ld + 16 * c[u]), _mm512_set1_ps(inv[r[u]])));
+    const __m512i perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m512i b = _mm512_packs_epi16(_mm512_packs_epi32(v[0], v[1]), _mm512_packs_epi32(v[2], v[3]));
+    return _mm512_max_epi8(_mm512_permutexvar_epi32(perm, b), _mm512_set1_epi8(-127));
+}
+
+/// 4 x 4 dword transpose within each 128-bit lane: t[d].lane = (a.lane[d], b.lane[d], c.lane[d], e.lane[d]).
+BERTLET_TARGET_S8A __attribute__((always_inline)) inline void transpose4_lanes(__m512i a, __m512i b, __m512i c,
+                                                                                __m512i e, __m512i (&t)[4]) {
+    const __m512i a0 = _mm512_unpacklo_epi32(a, b), a1 = _mm512_unpackhi_epi32(a, b);
+    const __m512i a2 = _mm512_unpacklo_epi32(c, e), a3 = _mm512_unpackhi_epi32(c, e);
+    t[0] = _mm512_unpacklo_epi64(a0, a2);
+    t[1] = _mm512_unpackhi_epi64(a0, a2);
+    t[2] = _mm512_unpacklo_epi64(a1, a3);
+    t[3] = _mm512_unpackhi_epi64(a1, a3);
+}
+
+template <int ND>
+BERTLET_TARGET_S8A inline void prepare_block16(const float* q, const float* k, std::ptrdiff_t ld, float scale2,
+                                               unsigned char* q8, float* sq, float* ks, unsigned char* kp,
+                                               std::int32_t* kc) {
+    static_assert(ND == 1 || ND == 2 || ND == 4, "D = 16, 32 or 64");
+    constexpr int DQ = 16 * ND;
+    const __m512 c127 = _mm512_set1_ps(127.0f), zero = _mm512_setzero_ps();
+    alignas(64) float inv[16];
+    {
+        const __m512 qa = amax16<ND>(q, ld);
+        _mm512_storeu_ps(sq, _mm512_div_ps(qa, c127));
+        _mm512_store_ps(inv, _mm512_maskz_div_ps(_mm512_cmp_ps_mask(qa, zero, _CMP_GT_OQ), c127, qa));
+        const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+#pragma GCC unroll 16
+        for (int z = 0; z < 4 * ND; ++z) {  // chunks 4z .. 4z + 3 in row order
+            const int r[4] = {(4 * z) / ND, (4 * z + 1) / ND, (4 * z + 2) / ND, (4 * z + 3) / ND};
+            const int c[4] = {(4 * z) % ND, (4 * z + 1) % ND, (4 * z + 2) % ND, (4 * z + 3) % ND};
+            _mm512_storeu_si512(q8 + 64 * z, _mm512_xor_si512(bytes4(q, ld, inv, r, c), flip));
+        }
+    }
+    const __m512 ka = amax16<ND>(k, ld);
+    _mm512_storeu_ps(ks, _mm512_mul_ps(_mm512_div_ps(ka, c127), _mm512_set1_ps(scale2)));  // (amax / 127) * scale2
+    _mm512_store_ps(inv, _mm512_maskz_div_ps(_mm512_cmp_ps_mask(ka, zero, _CMP_GT_OQ), c127, ka));
+    __m512i g[DQ / 4];  // k-group j: dword j of the 16 rows
+    if constexpr (ND == 4) {
+        __m512 rw[16];
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; ++i) {
+            const int r[4] = {i, i, i, i}, c[4] = {0, 1, 2, 3};
+            rw[i] = _mm512_castsi512_ps(bytes4(k, ld, inv, r, c));
+        }
+        avx512::transpose16(rw);
+#pragma GCC unroll 16
+        for (int j = 0; j < 16; ++j) g[j] = _mm512_castps_si512(rw[j]);
+    } else if constexpr (ND == 2) {
+        // z[j] = rows j (lanes 0, 1) and j + 8 (lanes 2, 3); a lane transpose over z0..3 gives t[d]: lane 0 rows
+        // 0..3 dword d, lane 1 rows 0..3 dword 4 + d, lanes 2 / 3 the same of rows 8..11 (u: rows 4..7, 12..15)
+        __m512i z[8];
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; ++j) {
+            const int r[4] = {j, j, j + 8, j + 8}, c[4] = {0, 1, 0, 1};
+            z[j] = bytes4(k, ld, inv, r, c);
+        }
+        __m512i t[4], u[4];
+        transpose4_lanes(z[0], z[1], z[2], z[3], t);
+        transpose4_lanes(z[4], z[5], z[6], z[7], u);
+        const __m512i lo = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13), hi = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
+#pragma GCC unroll 4
+        for (int d = 0; d < 4; ++d) {
+            g[d] = _mm512_permutex2var_epi64(t[d], lo, u[d]);
+            g[4 + d] = _mm512_permutex2var_epi64(t[d], hi, u[d]);
+        }
+    } else {
+        // z[j] = rows j, j + 4, j + 8, j + 12 (one per lane): the lane transpose is the panel
+        __m512i z[4];
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) {
+            const int r[4] = {j, j + 4, j + 8, j + 12}, c[4] = {0, 0, 0, 0};
+            z[j] = bytes4(k, ld, inv, r, c);
+        }
+        transpose4_lanes(z[0], z[1], z[2], z[3], g);
+    }
+    const __m512i ones = _mm512_set1_epi8(1);
+    __m512i sum = _mm512_setzero_si512();
+#pragma GCC unroll 16
+    for (int j = 0; j < DQ / 4; ++j) {
+        dpbusd(sum, ones, g[j]);
+        _mm512_store_si512(kp + 64 * j, g[j]);
+    }
+    _mm512_storeu_si512(kc, _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(sum, 7)));
+}
+
 /// Quantizes Q (u8 = q8 + 128, rows of dq bytes), K (S8P16K4 panels, corrections, scaled key scales) and V
 /// (S8P16K4 panels over channels, channel scales) into the scratch. ND = ceil(D / 16) chunks per row (only the last
 /// one masked). Q and K go 16 rows (one key panel) at a time, each block's rows read once and then hot: row maxima
@@ -290,6 +407,13 @@ BERTLET_TARGET_S8A inline void prepare(const layout& y, const float* q, const fl
     alignas(64) float qinv[16], kinv[16];
     for (std::ptrdiff_t p = 0; p < y.np; ++p) {
         const std::ptrdiff_t i0 = p * 16, rows = std::min<std::ptrdiff_t>(16, L - i0);
+        if constexpr (ND != 3) {
+            if (rows == 16 && D == 16 * ND) {
+                prepare_block16<ND>(q + i0 * ld, k + i0 * ld, ld, scale2, q8 + i0 * dq, sq + i0, ks + i0,
+                                    kp + p * 16 * dq, kc + 16 * p);
+                continue;
+            }
+        }
         __m512 mq[16], mk[16];
         for (std::ptrdiff_t i = 0; i < 16; ++i) {
             mq[i] = mk[i] = zero;
@@ -366,12 +490,14 @@ BERTLET_TARGET_S8A inline void prepare(const layout& y, const float* q, const fl
         const __m512 inv = _mm512_maskz_div_ps(live, c127, amax);
         unsigned char* dst = vp + dp * 16 * y.lp4;
         for (t = 0; t + 4 <= L; t += 4) {
+            // the clamp after the saturating packs, once per 64 bytes (INT_MIN -> -128 -> -127: q127lo's bytes)
             const float* r = vc + t * ld;
-            const __m512i b0 = q127lo(_mm512_maskz_loadu_ps(m, r), inv);
-            const __m512i b1 = q127lo(_mm512_maskz_loadu_ps(m, r + ld), inv);
-            const __m512i b2 = q127lo(_mm512_maskz_loadu_ps(m, r + 2 * ld), inv);
-            const __m512i b3 = q127lo(_mm512_maskz_loadu_ps(m, r + 3 * ld), inv);
-            const __m512i bytes = _mm512_packs_epi16(_mm512_packs_epi32(b0, b1), _mm512_packs_epi32(b2, b3));
+            const __m512i b0 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, r), inv));
+            const __m512i b1 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, r + ld), inv));
+            const __m512i b2 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, r + 2 * ld), inv));
+            const __m512i b3 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, r + 3 * ld), inv));
+            const __m512i bytes = _mm512_max_epi8(
+                _mm512_packs_epi16(_mm512_packs_epi32(b0, b1), _mm512_packs_epi32(b2, b3)), _mm512_set1_epi8(-127));
             _mm512_storeu_si512(dst + (t / 4) * 64, _mm512_shuffle_epi8(bytes, tr));
         }
         if (t < y.lp4) {  // the last 1..3 tokens, zero tokens after them
