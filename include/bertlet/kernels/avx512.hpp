@@ -339,16 +339,47 @@ BERTLET_TARGET_AVX512 inline void layernorm_rows(float* x, const float* residual
             q[j] = _mm512_fmadd_ps(d, d, q[j]);
         }
     }
+    if constexpr (R == 4) {
+        // the scalar lines below for the four rows at once (the same IEEE double operations, so the same bits):
+        // their sqrt / division latency chains run side by side instead of one after another
+        alignas(32) float cf[4], qf[4], mf[4], hf[4], vf[4], lf[4];
 #pragma GCC unroll 4
-    for (int j = 0; j < R; ++j) {
-        const double dn = static_cast<double>(n), cs = static_cast<double>(hsum(c[j]));
-        const double var = std::max(0.0, (static_cast<double>(hsum(q[j])) - cs * cs / dn) / dn);
-        const double m = static_cast<double>(mean[j]) + cs / dn;
-        const float hi = static_cast<float>(m);
-        const float inv = static_cast<float>(1.0 / std::sqrt(var + static_cast<double>(eps)));
-        mv[j] = _mm512_set1_ps(hi);
-        iv[j] = _mm512_set1_ps(inv);
-        lv[j] = _mm512_set1_ps(static_cast<float>((m - static_cast<double>(hi)) * static_cast<double>(inv)));
+        for (int j = 0; j < 4; ++j) {
+            cf[j] = hsum(c[j]);
+            qf[j] = hsum(q[j]);
+            mf[j] = mean[j];
+        }
+        const __m256d dn = _mm256_set1_pd(static_cast<double>(n));
+        const __m256d cs = _mm256_cvtps_pd(_mm_load_ps(cf));
+        const __m256d var = _mm256_max_pd(
+            _mm256_div_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm_load_ps(qf)), _mm256_div_pd(_mm256_mul_pd(cs, cs), dn)),
+                          dn),
+            _mm256_setzero_pd());  // std::max(0.0, v): 0 for a NaN v as well
+        const __m256d m = _mm256_add_pd(_mm256_cvtps_pd(_mm_load_ps(mf)), _mm256_div_pd(cs, dn));
+        const __m128 hi = _mm256_cvtpd_ps(m);
+        const __m128 inv = _mm256_cvtpd_ps(_mm256_div_pd(
+            _mm256_set1_pd(1.0), _mm256_sqrt_pd(_mm256_add_pd(var, _mm256_set1_pd(static_cast<double>(eps))))));
+        _mm_store_ps(hf, hi);
+        _mm_store_ps(vf, inv);
+        _mm_store_ps(lf, _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_sub_pd(m, _mm256_cvtps_pd(hi)), _mm256_cvtps_pd(inv))));
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) {
+            mv[j] = _mm512_set1_ps(hf[j]);
+            iv[j] = _mm512_set1_ps(vf[j]);
+            lv[j] = _mm512_set1_ps(lf[j]);
+        }
+    } else {
+#pragma GCC unroll 4
+        for (int j = 0; j < R; ++j) {
+            const double dn = static_cast<double>(n), cs = static_cast<double>(hsum(c[j]));
+            const double var = std::max(0.0, (static_cast<double>(hsum(q[j])) - cs * cs / dn) / dn);
+            const double m = static_cast<double>(mean[j]) + cs / dn;
+            const float hi = static_cast<float>(m);
+            const float inv = static_cast<float>(1.0 / std::sqrt(var + static_cast<double>(eps)));
+            mv[j] = _mm512_set1_ps(hi);
+            iv[j] = _mm512_set1_ps(inv);
+            lv[j] = _mm512_set1_ps(static_cast<float>((m - static_cast<double>(hi)) * static_cast<double>(inv)));
+        }
     }
     // Pass 3: (x - mean) / sd * gamma + beta; gamma and beta shared by the R rows. The next R rows are prefetched
     // meanwhile (pass 1 of the next block would wait on them: 128 x 384 rows from L2 7 % faster).
