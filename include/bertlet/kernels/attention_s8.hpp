@@ -21,8 +21,8 @@
 // (software-pipelined: the vpdpbusd fill the latency chains of the maximum and the numerators); other shapes use
 // qk_softmax_tile (3 query rows at a time in 24 zmm accumulators; longer rows: qk_tile stores scores, a separate
 // pass makes P); pv_tile multiplies 12 P rows by V. One head at L 128, D 32 on Zen 4: 9.5 us (3-row tiles: 10.6;
-// bf16 attention 15.2, fp32 25; `bertlet_bench_gemm_bf16 --benchmark_filter=fused`). Sums stay far below 2^31
-// (|acc| <= 255 * 127 * max(L, D)).
+// bf16 attention 15.2, fp32 25; `bertlet_bench_gemm_bf16 --benchmark_filter=fused`; 9.3 us since prepare_block16).
+// Sums stay far below 2^31 (|acc| <= 255 * 127 * max(L, D)).
 // Accuracy (the int8 MiniLM against HF fp32, all of STS-B test, docs/INT8.md): min cosine 0.99297, Spearman 81.94
 // (fp32 82.03; bf16 attention 0.99230 / 81.96; fp32 attention 0.99409 / 81.93).
 //
