@@ -304,14 +304,10 @@ BERTLET_TARGET_AVX2 inline void layernorm_rows(float* x, const float* residual, 
     }
 #pragma GCC unroll 4
     for (int j = 0; j < R; ++j) {
-        const double dn = static_cast<double>(n), cs = static_cast<double>(hsum(c[j]));
-        const double var = std::max(0.0, (static_cast<double>(hsum(q[j])) - cs * cs / dn) / dn);
-        const double m = static_cast<double>(mean[j]) + cs / dn;
-        const float hi = static_cast<float>(m);
-        const float inv = static_cast<float>(1.0 / std::sqrt(var + static_cast<double>(eps)));
-        mv[j] = _mm256_set1_ps(hi);
-        iv[j] = _mm256_set1_ps(inv);
-        lv[j] = _mm256_set1_ps(static_cast<float>((m - static_cast<double>(hi)) * static_cast<double>(inv)));
+        const layernorm_stats st = layernorm_row_stats(hsum(c[j]), hsum(q[j]), mean[j], n, eps);
+        mv[j] = _mm256_set1_ps(st.hi);
+        iv[j] = _mm256_set1_ps(st.inv);
+        lv[j] = _mm256_set1_ps(st.lo);
     }
     // Pass 3: (x - mean) / sd * gamma + beta; gamma and beta shared by the R rows.
     for (std::ptrdiff_t i = 0; i < nf; i += 8) {

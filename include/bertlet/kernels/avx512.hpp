@@ -340,8 +340,8 @@ BERTLET_TARGET_AVX512 inline void layernorm_rows(float* x, const float* residual
         }
     }
     if constexpr (R == 4) {
-        // the scalar lines below for the four rows at once (the same IEEE double operations, so the same bits):
-        // their sqrt / division latency chains run side by side instead of one after another
+        // layernorm_row_stats for the four rows at once (the same IEEE double operations, so the same bits): their
+        // sqrt / division latency chains run side by side instead of one after another
         alignas(32) float cf[4], qf[4], mf[4], hf[4], vf[4], lf[4];
 #pragma GCC unroll 4
         for (int j = 0; j < 4; ++j) {
@@ -371,14 +371,10 @@ BERTLET_TARGET_AVX512 inline void layernorm_rows(float* x, const float* residual
     } else {
 #pragma GCC unroll 4
         for (int j = 0; j < R; ++j) {
-            const double dn = static_cast<double>(n), cs = static_cast<double>(hsum(c[j]));
-            const double var = std::max(0.0, (static_cast<double>(hsum(q[j])) - cs * cs / dn) / dn);
-            const double m = static_cast<double>(mean[j]) + cs / dn;
-            const float hi = static_cast<float>(m);
-            const float inv = static_cast<float>(1.0 / std::sqrt(var + static_cast<double>(eps)));
-            mv[j] = _mm512_set1_ps(hi);
-            iv[j] = _mm512_set1_ps(inv);
-            lv[j] = _mm512_set1_ps(static_cast<float>((m - static_cast<double>(hi)) * static_cast<double>(inv)));
+            const layernorm_stats st = layernorm_row_stats(hsum(c[j]), hsum(q[j]), mean[j], n, eps);
+            mv[j] = _mm512_set1_ps(st.hi);
+            iv[j] = _mm512_set1_ps(st.inv);
+            lv[j] = _mm512_set1_ps(st.lo);
         }
     }
     // Pass 3: (x - mean) / sd * gamma + beta; gamma and beta shared by the R rows. The next R rows are prefetched

@@ -25,6 +25,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -32,6 +33,22 @@
 #include <vector>
 
 namespace bertlet::detail {
+
+/// LayerNorm's per-row statistics from the centred sums of the AVX2 / AVX-512 kernels (rows shifted by a first mean
+/// m0: cs = sum(x - m0), qs = sum((x - m0)^2)), in double: mean = m0 + cs / n, var = max(0, (qs - cs^2 / n) / n)
+/// (0 for a NaN var too); hi = float(mean), inv = float(1 / sqrt(var + eps)) and lo = float((mean - hi) * inv), the
+/// part of the mean the float drops, pre-scaled. (The AVX-512 kernel does the same operations for 4 rows in a ymm.)
+struct layernorm_stats {
+    float hi, inv, lo;
+};
+inline layernorm_stats layernorm_row_stats(float cs_sum, float qs_sum, float m0, std::ptrdiff_t n, float eps) noexcept {
+    const double dn = static_cast<double>(n), cs = static_cast<double>(cs_sum);
+    const double var = std::max(0.0, (static_cast<double>(qs_sum) - cs * cs / dn) / dn);
+    const double m = static_cast<double>(m0) + cs / dn;
+    const float hi = static_cast<float>(m);
+    const float inv = static_cast<float>(1.0 / std::sqrt(var + static_cast<double>(eps)));
+    return {hi, inv, static_cast<float>((m - static_cast<double>(hi)) * static_cast<double>(inv))};
+}
 
 inline constexpr std::ptrdiff_t panel_width = 16;
 
