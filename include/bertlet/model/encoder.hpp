@@ -285,13 +285,13 @@ struct encoder_block {
                 K.attention(qh, kh, vh, ld, ch, H, L, D, scale, kp);
                 return;
             }
-            detail::pack_n16(k + off * ldqkv + h * D, L, D, ldqkv, kp);   // K_h as a weight [L outputs, D inputs]
-            detail::pack_kn16(v + off * ldqkv + h * D, L, D, ldqkv, vp);  // V_h as B [L, D]
+            detail::pack_n16(kh, L, D, ld, kp);   // K_h as a weight [L outputs, D inputs]
+            detail::pack_kn16(vh, L, D, ld, vp);  // V_h as B [L, D]
             for (ptrdiff_t q0 = 0; q0 < L; q0 += QT) {
                 const ptrdiff_t qt = std::min(QT, L - q0);
                 detail::gemm_args g1;
-                g1.a = q + (off + q0) * ldqkv + h * D;
-                g1.lda = ldqkv;
+                g1.a = qh + q0 * ld;
+                g1.lda = ld;
                 g1.b = kp;
                 g1.c = sc;
                 g1.ldc = L;
@@ -305,7 +305,7 @@ struct encoder_block {
                 g2.a = sc;
                 g2.lda = L;
                 g2.b = vp;
-                g2.c = ctx + (off + q0) * H + h * D;
+                g2.c = ch + q0 * H;
                 g2.ldc = H;
                 g2.m = qt;
                 g2.n = D;
