@@ -45,6 +45,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -58,6 +59,10 @@
 
 #if defined(BERTLET_X86) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
+#if defined(__linux__)
+#include <sys/syscall.h>  // arch_prctl(ARCH_REQ_XCOMP_PERM): the AMX tile data permission
+#include <unistd.h>
+#endif
 #define BERTLET_S8_X86 1
 #define BERTLET_TARGET(s) __attribute__((target(s)))
 #endif
@@ -111,9 +116,11 @@ struct packed_s8_buffer {
 /// Kernel paths of gemm_s8 (finer than bertlet::isa: VNNI is an extra on top of avx2 / avx512).
 /// neon_dot: aarch64 with the dot-product extension (ARMv8.2 DotProd: Graviton 2/3/4, Apple M, Neoverse N1+), sdot
 /// (s8 x s8, exact 32-bit sums); aarch64 CPUs without it use the scalar reference.
-enum class s8_path { scalar = 0, avx2 = 1, avx_vnni = 2, avx512 = 3, avx512_vnni = 4, neon_dot = 5 };
+/// avx512_amx: AVX-512 VNNI plus Intel AMX (Sapphire Rapids and later): the linears' 16-row x 16-column blocks run
+/// on the tile unit (tdpbusd, the same u8 x s8 exact sums as vpdpbusd), tails and everything else as avx512_vnni.
+enum class s8_path { scalar = 0, avx2 = 1, avx_vnni = 2, avx512 = 3, avx512_vnni = 4, neon_dot = 5, avx512_amx = 6 };
 inline constexpr s8_path all_s8_paths[] = {s8_path::scalar, s8_path::avx2, s8_path::avx_vnni, s8_path::avx512,
-                                           s8_path::avx512_vnni, s8_path::neon_dot};
+                                           s8_path::avx512_vnni, s8_path::neon_dot, s8_path::avx512_amx};
 
 inline const char* s8_path_name(s8_path p) noexcept {
     switch (p) {
@@ -123,9 +130,30 @@ inline const char* s8_path_name(s8_path p) noexcept {
         case s8_path::avx512: return "avx512";
         case s8_path::avx512_vnni: return "avx512_vnni";
         case s8_path::neon_dot: return "neon_dot";
+        case s8_path::avx512_amx: return "avx512_amx";
     }
     return "?";
 }
+
+namespace detail {
+/// Whether this process may use the AMX tiles: BERTLET_AMX=0 turns them off (A/B runs against avx512_vnni); on
+/// Linux the kernel must grant the tile data state first (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA =
+/// 18; without it the first tile instruction raises SIGILL). Asked once per process; a refusal (a kernel before
+/// 5.16, a seccomp filter) leaves the avx512_vnni path in use. Other systems: off.
+inline bool s8_amx_usable() noexcept {
+    static const bool ok = [] {
+        const char* e = std::getenv("BERTLET_AMX");
+        if (e && e[0] == '0' && e[1] == 0) return false;
+#if defined(__linux__) && defined(BERTLET_X86) && defined(SYS_arch_prctl)
+        constexpr long arch_req_xcomp_perm = 0x1023, xfeature_xtiledata = 18;
+        return syscall(SYS_arch_prctl, arch_req_xcomp_perm, xfeature_xtiledata) == 0;
+#else
+        return false;
+#endif
+    }();
+    return ok;
+}
+}  // namespace detail
 
 inline bool s8_path_supported(s8_path p, const cpu_features& f = cpu()) noexcept {
 #if defined(BERTLET_S8_X86)
@@ -136,6 +164,7 @@ inline bool s8_path_supported(s8_path p, const cpu_features& f = cpu()) noexcept
         case s8_path::avx512: return f.has_avx512_path();
         case s8_path::avx512_vnni: return f.has_avx512_path() && f.avx512_vnni;
         case s8_path::neon_dot: return false;
+        case s8_path::avx512_amx: return f.has_avx512_path() && f.avx512_vnni && f.amx_int8 && detail::s8_amx_usable();
     }
     return false;
 #elif defined(BERTLET_S8_NEON)
@@ -149,6 +178,7 @@ inline bool s8_path_supported(s8_path p, const cpu_features& f = cpu()) noexcept
 /// The best int8 path within an ISA level (BERTLET_FORCE_ARCH=avx2 still uses AVX-VNNI when present).
 inline s8_path s8_path_for(isa a, const cpu_features& f = cpu()) noexcept {
     if (a == isa::avx512 && f.has_avx512_path()) {
+        if (s8_path_supported(s8_path::avx512_amx, f)) return s8_path::avx512_amx;
         if (s8_path_supported(s8_path::avx512_vnni, f)) return s8_path::avx512_vnni;
         return s8_path::avx512;
     }
@@ -166,7 +196,9 @@ inline s8_path active_s8_path() {
 }
 
 /// Whether a path wants its quantized activations in the u8 (+128) form (the VNNI paths) or as s8.
-inline bool s8_path_uses_u8(s8_path p) noexcept { return p == s8_path::avx_vnni || p == s8_path::avx512_vnni; }
+inline bool s8_path_uses_u8(s8_path p) noexcept {
+    return p == s8_path::avx_vnni || p == s8_path::avx512_vnni || p == s8_path::avx512_amx;
+}
 
 /// Bytes of scratch one quantized activation matrix of M rows and K columns needs (any alignment is fine).
 inline std::size_t gemm_s8_scratch_bytes(std::size_t M, std::size_t K) noexcept {
@@ -1100,6 +1132,144 @@ struct s8_fam_avx512_vnni_t {
 };
 using s8_fam_avx512_vnni = s8_fam_avx512_vnni_t<8, 3>;
 
+template <bool RAW>
+inline void s8_run_avx512_vnni(const s8_job& a, std::size_t m0, std::size_t m1, std::size_t p0, std::size_t p1) {
+    if constexpr (!RAW) {
+        switch (s8_epilogue_kind(a)) {
+            case s8_ep_bias: s8_drive<s8_fam_avx512_vnni_t<8, 3, s8_ep_bias>, false>(a, m0, m1, p0, p1); return;
+            case s8_ep_bias_res: s8_drive<s8_fam_avx512_vnni_t<8, 3, s8_ep_bias_res>, false>(a, m0, m1, p0, p1); return;
+            case s8_ep_bias_gelu: s8_drive<s8_fam_avx512_vnni_t<8, 3, s8_ep_bias_gelu>, false>(a, m0, m1, p0, p1); return;
+            default: break;
+        }
+    }
+    s8_drive<s8_fam_avx512_vnni, RAW>(a, m0, m1, p0, p1);
+}
+
+// ---- AVX-512 + AMX (avx512_amx) ----
+// The tile unit computes whole 16-row x 16-column blocks: tdpbusd multiplies a 16 x 64 u8 tile of quantized
+// activations (16 rows, 64 k: rows of the activation matrix as they are, stride ldq) by a 16 x 64-byte s8 tile of
+// weights in the VNNI layout, which is exactly 16 consecutive k-groups of one S8P16K4 panel (stride 64 bytes): the
+// packed weights need no other layout. The exact s32 sums are those of vpdpbusd; tiles are stored to a stack buffer
+// and go through the AVX-512 epilogue (the u8 correction -128 * row_sum added there), so the outputs are the bits of
+// every other path. Tiles: tmm0-3 C (two row blocks x two panels), tmm4-5 A, tmm6-7 B; all 16 rows x 64 bytes.
+#define BERTLET_S8_AMX BERTLET_S8_AVX512 ",avx512vnni,amx-tile,amx-int8"
+
+struct alignas(64) s8_amx_config {
+    std::uint8_t palette = 1, start_row = 0;
+    std::uint8_t reserved[14] = {};
+    std::uint16_t colsb[16] = {};
+    std::uint8_t rows[16] = {};
+};
+
+// Own asm forms instead of GCC 12's <amxtileintrin.h>: its _tile_loadconfig declares only 8 bytes of the 64-byte
+// configuration as read (the stores of the tile shapes were dropped as dead: tilezero then raised SIGILL), and its
+// tile loads do not declare their memory read at all (the compiler may move them above the stores that fill the
+// activations). Every form here is volatile with a "memory" clobber; AT&T | Intel syntax as in the header.
+#define BERTLET_AMX_LOAD(t, base, stride)                                                             \
+    __asm__ volatile("{tileloadd\t(%0,%1,1), %%tmm" #t "|tileloadd\t%%tmm" #t ", [%0+%1*1]}" ::"r"( \
+                         static_cast<const void*>(base)),                                             \
+                     "r"(static_cast<long>(stride))                                                   \
+                     : "memory")
+#define BERTLET_AMX_STORE(t, base, stride)                                                             \
+    __asm__ volatile("{tilestored\t%%tmm" #t ", (%0,%1,1)|tilestored\t[%0+%1*1], %%tmm" #t "}" ::"r"( \
+                         static_cast<void*>(base)),                                                    \
+                     "r"(static_cast<long>(stride))                                                    \
+                     : "memory")
+#define BERTLET_AMX_ZERO(t) __asm__ volatile("tilezero\t%%tmm" #t ::)
+#define BERTLET_AMX_DPBUSD(c, a, b) \
+    __asm__ volatile("{tdpbusd\t%%tmm" #b ", %%tmm" #a ", %%tmm" #c "|tdpbusd\t%%tmm" #c ", %%tmm" #a ", %%tmm" #b "}" ::)
+
+BERTLET_TARGET(BERTLET_S8_AMX) inline void s8_amx_configure() {
+    s8_amx_config c;
+    for (int t = 0; t < 8; ++t) {
+        c.colsb[t] = 64;
+        c.rows[t] = 16;
+    }
+    __asm__ volatile("ldtilecfg\t%0" ::"m"(c) : "memory");
+}
+
+BERTLET_TARGET(BERTLET_S8_AMX) inline void s8_amx_release() { __asm__ volatile("tilerelease" ::: "memory"); }
+
+// RB blocks of 16 rows (1 or 2) x NB panels (1 or 2) over the full K, then the epilogue, 8 rows at a time.
+template <int RB, int NB, bool RAW, int EP>
+BERTLET_TARGET(BERTLET_S8_AMX)
+void s8_kernel_amx(const s8_job& a, std::size_t m0, std::size_t p0) {
+    const std::size_t ps = 16 * a.w->k_padded;
+    const std::int8_t* wp = a.w->data + p0 * ps;
+    const std::uint8_t* xr = a.xq + m0 * a.ldq;
+    const std::size_t ldq = a.ldq, K = a.groups * 4;
+    BERTLET_AMX_ZERO(0);
+    if constexpr (NB > 1) BERTLET_AMX_ZERO(1);
+    if constexpr (RB > 1) {
+        BERTLET_AMX_ZERO(2);
+        if constexpr (NB > 1) BERTLET_AMX_ZERO(3);
+    }
+    for (std::size_t k = 0; k < K; k += 64) {
+        BERTLET_AMX_LOAD(4, xr + k, ldq);
+        BERTLET_AMX_LOAD(6, wp + 16 * k, 64);
+        BERTLET_AMX_DPBUSD(0, 4, 6);
+        if constexpr (NB > 1) {
+            BERTLET_AMX_LOAD(7, wp + ps + 16 * k, 64);
+            BERTLET_AMX_DPBUSD(1, 4, 7);
+        }
+        if constexpr (RB > 1) {
+            BERTLET_AMX_LOAD(5, xr + 16 * ldq + k, ldq);
+            BERTLET_AMX_DPBUSD(2, 5, 6);
+            if constexpr (NB > 1) BERTLET_AMX_DPBUSD(3, 5, 7);
+        }
+    }
+    alignas(64) std::int32_t buf[RB * 16][NB][16];  // row r: NB panels of 16 sums
+    constexpr long bs = NB * 64;                      // buffer row stride in bytes
+    BERTLET_AMX_STORE(0, &buf[0][0][0], bs);
+    if constexpr (NB > 1) BERTLET_AMX_STORE(1, &buf[0][1][0], bs);
+    if constexpr (RB > 1) {
+        BERTLET_AMX_STORE(2, &buf[16][0][0], bs);
+        if constexpr (NB > 1) BERTLET_AMX_STORE(3, &buf[16][1][0], bs);
+    }
+    __m512i corr[NB];
+#pragma GCC unroll 2
+    for (int j = 0; j < NB; ++j)
+        corr[j] = _mm512_sub_epi32(_mm512_setzero_si512(),
+                                   _mm512_slli_epi32(_mm512_loadu_si512(a.w->row_sums + (p0 + j) * 16), 7));
+#pragma GCC unroll 1
+    for (int h = 0; h < RB * 2; ++h) {
+        __m512i acc[8][NB];
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; ++i)
+#pragma GCC unroll 2
+            for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_add_epi32(_mm512_load_si512(&buf[8 * h + i][j][0]), corr[j]);
+        s8_tile_store_avx512<8, NB, RAW, EP>(a, m0 + 8 * h, p0, acc);
+    }
+}
+
+// Rows [m0, m1) x panels [p0, p1): two-panel blocks, 32 then 16 rows per tile call; rows past the last whole
+// 16 and a last single panel's short rows go to the avx512_vnni micro-kernels (the same bits). The tile
+// configuration is loaded per call (per thread) and released at the end (the OS then saves no tile state).
+template <bool RAW, int EP>
+inline void s8_drive_amx(const s8_job& a, std::size_t m0, std::size_t m1, std::size_t p0, std::size_t p1) {
+    using vnni = s8_fam_avx512_vnni_t<8, 3, EP>;
+    if (m1 - m0 < 16) {
+        s8_drive<vnni, RAW>(a, m0, m1, p0, p1);
+        return;
+    }
+    s8_amx_configure();
+    const std::size_t mt = m0 + (m1 - m0) / 16 * 16;  // end of the whole 16-row blocks
+    std::size_t p = p0;
+    for (; p + 2 <= p1; p += 2) {
+        std::size_t m = m0;
+        for (; m + 32 <= mt; m += 32) s8_kernel_amx<2, 2, RAW, EP>(a, m, p);
+        if (m < mt) s8_kernel_amx<1, 2, RAW, EP>(a, m, p);
+        if (mt < m1) s8_rows<vnni, 2, RAW>(a, mt, m1, p);
+    }
+    if (p < p1) {
+        std::size_t m = m0;
+        for (; m + 32 <= mt; m += 32) s8_kernel_amx<2, 1, RAW, EP>(a, m, p);
+        if (m < mt) s8_kernel_amx<1, 1, RAW, EP>(a, m, p);
+        if (mt < m1) s8_rows<vnni, 1, RAW>(a, mt, m1, p);
+    }
+    s8_amx_release();
+}
+
 #endif  // BERTLET_S8_X86
 
 #if defined(BERTLET_S8_NEON)
@@ -1279,6 +1449,7 @@ inline std::size_t s8_path_panel_block(s8_path p) noexcept {
         case s8_path::avx_vnni: return s8_fam_avx_vnni::NR;
         case s8_path::avx512: return s8_fam_avx512::NR;
         case s8_path::avx512_vnni: return s8_fam_avx512_vnni::NR;
+        case s8_path::avx512_amx: return 2;  // s8_drive_amx's blocks of two panels
 #endif
 #if defined(BERTLET_S8_NEON)
         case s8_path::neon_dot: return s8_fam_neon_dot::NR;
@@ -1300,6 +1471,7 @@ inline void s8_quantize_rows(s8_path p, const float* X, std::size_t ldx, const f
             return;
         case s8_path::avx512:
         case s8_path::avx512_vnni:
+        case s8_path::avx512_amx:
             if (cs) s8_quantize_rows_avx512<true>(X, ldx, cs, K, q, ldq, sx, m0, m1, u8);
             else s8_quantize_rows_avx512<false>(X, ldx, cs, K, q, ldq, sx, m0, m1, u8);
             return;
@@ -1328,20 +1500,21 @@ inline void s8_run(s8_path p, const s8_job& a, std::size_t m0, std::size_t m1, s
         case s8_path::avx2: s8_drive<s8_fam_avx2, RAW>(a, m0, m1, p0, p1); return;
         case s8_path::avx_vnni: s8_drive<s8_fam_avx_vnni, RAW>(a, m0, m1, p0, p1); return;
         case s8_path::avx512: s8_drive<s8_fam_avx512, RAW>(a, m0, m1, p0, p1); return;
-        case s8_path::avx512_vnni:
+        case s8_path::avx512_vnni: s8_run_avx512_vnni<RAW>(a, m0, m1, p0, p1); return;
+        case s8_path::avx512_amx:
+            if (a.groups % 16 != 0) {  // K not a multiple of 64 (no BERT size): the tile loop needs whole k-steps
+                s8_run_avx512_vnni<RAW>(a, m0, m1, p0, p1);
+                return;
+            }
             if constexpr (!RAW) {
                 switch (s8_epilogue_kind(a)) {
-                    case s8_ep_bias: s8_drive<s8_fam_avx512_vnni_t<8, 3, s8_ep_bias>, false>(a, m0, m1, p0, p1); return;
-                    case s8_ep_bias_res:
-                        s8_drive<s8_fam_avx512_vnni_t<8, 3, s8_ep_bias_res>, false>(a, m0, m1, p0, p1);
-                        return;
-                    case s8_ep_bias_gelu:
-                        s8_drive<s8_fam_avx512_vnni_t<8, 3, s8_ep_bias_gelu>, false>(a, m0, m1, p0, p1);
-                        return;
+                    case s8_ep_bias: s8_drive_amx<false, s8_ep_bias>(a, m0, m1, p0, p1); return;
+                    case s8_ep_bias_res: s8_drive_amx<false, s8_ep_bias_res>(a, m0, m1, p0, p1); return;
+                    case s8_ep_bias_gelu: s8_drive_amx<false, s8_ep_bias_gelu>(a, m0, m1, p0, p1); return;
                     default: break;
                 }
             }
-            s8_drive<s8_fam_avx512_vnni, RAW>(a, m0, m1, p0, p1);
+            s8_drive_amx<RAW, s8_ep_generic>(a, m0, m1, p0, p1);
             return;
 #endif
 #if defined(BERTLET_S8_NEON)
@@ -1648,6 +1821,11 @@ inline void linear_s8(const float* X, std::ptrdiff_t rows, std::ptrdiff_t in, st
 #if defined(BERTLET_S8_X86)
 #undef BERTLET_S8_AVX2
 #undef BERTLET_S8_AVX512
+#undef BERTLET_S8_AMX
+#undef BERTLET_AMX_LOAD
+#undef BERTLET_AMX_STORE
+#undef BERTLET_AMX_ZERO
+#undef BERTLET_AMX_DPBUSD
 #undef BERTLET_TARGET
 #endif
 

@@ -435,7 +435,8 @@ public:
         // fp32): attention's matmuls in int8 on the avx512 path with AVX-512 VNNI (first: its own register-tile
         // kernels make it the fastest, ~0.95x of a whole forward with bf16 attention on Zen 4; docs/INT8.md), else
         // in bf16 on the avx512 path with AVX512_BF16
-        s8_attention_ = int8_attention && quantized_ && s8_ == s8_path::avx512_vnni && s8_attention_supported() &&
+        s8_attention_ = int8_attention && quantized_ &&
+                        (s8_ == s8_path::avx512_vnni || s8_ == s8_path::avx512_amx) && s8_attention_supported() &&
                         c.head_dim() <= 64;
         bf16_attention_ = !s8_attention_ && bf16_attention && quantized_ && kernels_->arch == isa::avx512 &&
                           bf16_supported();
