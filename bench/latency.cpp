@@ -76,7 +76,9 @@ std::string num(double v) {
 
 std::string isa_string() {
 #ifdef BERTLET_BENCH_HAS_CPU
-    return bertlet::isa_name(bertlet::active_isa());
+    // and the int8 GEMM path that goes with it (avx512_vnni / avx512_amx, ...), which the int8 blob runs on
+    return std::string(bertlet::isa_name(bertlet::active_isa())) + " (int8 linears: " +
+           bertlet::s8_path_name(bertlet::active_s8_path()) + ")";
 #else
     return "unknown (bertlet/kernels/cpu.hpp not present)";
 #endif
@@ -255,20 +257,22 @@ double nan_to_neg(double v) { return std::isnan(v) ? -1.0 : v; }
 /// instruction is missing. compare.py turns them into the roofline of each target cell.
 int peak_mode() {
     const bertlet_bench::cpu_id id = bertlet_bench::identify_cpu();
-    bool a512 = false, a2 = false, vnni = false, bf16 = false;
+    bool a512 = false, a2 = false, vnni = false, bf16 = false, amx = false;
 #ifdef BERTLET_BENCH_HAS_CPU
     const auto& f = bertlet::cpu();
     a512 = bertlet::active_isa() == bertlet::isa::avx512;
     a2 = f.has_avx2_path();
     vnni = f.has_avx512_path() && f.avx512_vnni;
     bf16 = f.has_avx512_path() && f.avx512_bf16;
+    amx = bertlet::active_s8_path() == bertlet::s8_path::avx512_amx;
 #endif
-    const bertlet_bench::peaks p = bertlet_bench::measure_peaks(a512, a2, vnni, bf16);
+    const bertlet_bench::peaks p = bertlet_bench::measure_peaks(a512, a2, vnni, bf16, amx);
     std::cout << "{\"kind\":\"peak\",\"vendor\":" << json_str(id.vendor) << ",\"family\":" << id.family
               << ",\"model\":" << id.model << ",\"stepping\":" << id.stepping << ",\"uarch\":" << json_str(id.uarch)
               << ",\"isa\":" << json_str(isa_string()) << ",\"fp32_form\":" << json_str(p.fp32_form)
               << ",\"fp32_gflops\":" << num(nan_to_neg(p.fp32 / 1e9)) << ",\"int8_gops\":" << num(nan_to_neg(p.int8 / 1e9))
-              << ",\"bf16_gflops\":" << num(nan_to_neg(p.bf16 / 1e9)) << "}" << std::endl;
+              << ",\"bf16_gflops\":" << num(nan_to_neg(p.bf16 / 1e9))
+              << ",\"int8_amx_gops\":" << num(nan_to_neg(p.amx_int8 / 1e9)) << "}" << std::endl;
     return 0;
 }
 
