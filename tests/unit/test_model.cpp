@@ -813,6 +813,14 @@ TEST_CASE("all-MiniLM-L6-v2 int8: loads in place, verifies and stays close to th
             l1.group_tokens = 100000;
             CHECK(bertlet::embedder::load(path, l1).embed_batch(texts) == got);
         }
+        if (e.model_encoder().int8_path() == bertlet::s8_path::avx512_amx) {  // AMX tiles vs vpdpbusd: same bits
+            bertlet::load_options l3 = lo;
+            l3.verify = false;
+            l3.amx = false;
+            const auto vnni = bertlet::embedder::load(path, l3);
+            CHECK(vnni.model_encoder().int8_path() == bertlet::s8_path::avx512_vnni);
+            CHECK(vnni.embed_batch(texts) == got);
+        }
         if (mode == 2) {  // int8 attention on a pool: per-(sequence, head) tasks, the same bits as one thread
             bertlet::load_options l2 = lo;
             l2.threads = 2;

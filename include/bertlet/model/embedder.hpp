@@ -55,6 +55,10 @@ struct load_options {
     /// scaled by 384 / hidden size (at least 32); int8 seq 128, batch 8 on Zen 4 ran 0.86x the time of one pass
     /// over all rows. Results do not depend on it (every row computes the same operations either way).
     std::size_t group_tokens = 0;
+    /// int8 models only: run the linears' 16 x 16 blocks on the AMX tiles where the CPU and OS offer them (Intel
+    /// Sapphire Rapids and later; s8_path::avx512_amx). The results are the same bits either way (exact integer
+    /// sums, the same epilogue); off gives avx512_vnni (A/B timing). BERTLET_AMX=0 turns AMX off process-wide.
+    bool amx = true;
 };
 
 /// verify() bounds for int8 models running bf16 attention (see embedder::verify).
@@ -249,9 +253,9 @@ private:
         wordpiece_tokenizer tok;
         encoder enc;
         state(blob::reader&& r, const bert_config& c, pooling_config p, wordpiece_tokenizer&& t, isa arch,
-              std::size_t threads, bool bf16_attention, bool int8_attention, std::size_t group_tokens)
+              std::size_t threads, bool bf16_attention, bool int8_attention, std::size_t group_tokens, bool amx)
             : reader(std::move(r)), cfg(c), pool(p), tok(std::move(t)),
-              enc(reader, cfg, arch, threads, bf16_attention, int8_attention, group_tokens) {}
+              enc(reader, cfg, arch, threads, bf16_attention, int8_attention, group_tokens, amx) {}
     };
 
     static wordpiece_tokenizer make_tokenizer(const blob::reader& r, const bert_config& c) {
@@ -271,7 +275,7 @@ private:
         embedder e;
         const isa arch = opt.arch ? *opt.arch : detail::default_isa();
         e.s_ = std::make_shared<const state>(std::move(r), c, p, std::move(tok), arch, opt.threads, opt.bf16_attention,
-                                                     opt.int8_attention, opt.group_tokens);
+                                                     opt.int8_attention, opt.group_tokens, opt.amx);
         if (opt.verify) e.verify();
         return e;
     }

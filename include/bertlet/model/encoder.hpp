@@ -379,8 +379,10 @@ struct encoder_block {
 class encoder {
 public:
     encoder(const blob::reader& r, const bert_config& c, isa arch = detail::default_isa(), std::size_t threads = 1,
-            bool bf16_attention = false, bool int8_attention = false, std::size_t group_tokens = 0)
-        : cfg_(c), kernels_(&detail::kernels_for(arch)), s8_(s8_path_for(arch)),
+            bool bf16_attention = false, bool int8_attention = false, std::size_t group_tokens = 0,
+            bool amx = true)
+        : cfg_(c), kernels_(&detail::kernels_for(arch)),
+          s8_(!amx && s8_path_for(arch) == s8_path::avx512_amx ? s8_path::avx512_vnni : s8_path_for(arch)),
           use_bf16_(kernels_->arch == isa::avx512 && bf16_supported()) {
         if (threads < 1 || threads > 1024)
             throw input_error(errc::bad_argument, "threads = " + std::to_string(threads) + " is outside 1..1024");
@@ -462,6 +464,8 @@ public:
     bool bf16_attention() const noexcept { return bf16_attention_; }
     /// True if attention's two matmuls run in int8 (opted in; int8 models on the avx512 path with AVX-512 VNNI).
     bool int8_attention() const noexcept { return s8_attention_; }
+    /// The int8 GEMM path the linears of an int8 model run on (s8_path_for(arch), avx512_vnni if AMX was declined).
+    s8_path int8_path() const noexcept { return s8_; }
 
     /// Runs the encoder over a packed batch. ids/type_ids hold `tokens` entries; seqs describe the sequences.
     /// Returns a pointer to the final hidden states [tokens, H] inside `ws` (valid until its next use).
