@@ -1190,60 +1190,88 @@ BERTLET_TARGET(BERTLET_S8_AMX) inline void s8_amx_configure() {
 
 BERTLET_TARGET(BERTLET_S8_AMX) inline void s8_amx_release() { __asm__ volatile("tilerelease" ::: "memory"); }
 
-// RB blocks of 16 rows (1 or 2) x NB panels (1 or 2) over the full K, then the epilogue, 8 rows at a time.
-template <int RB, int NB, bool RAW, int EP>
-BERTLET_TARGET(BERTLET_S8_AMX)
-void s8_kernel_amx(const s8_job& a, std::size_t m0, std::size_t p0) {
-    const std::size_t ps = 16 * a.w->k_padded;
-    const std::int8_t* wp = a.w->data + p0 * ps;
-    const std::uint8_t* xr = a.xq + m0 * a.ldq;
-    const std::size_t ldq = a.ldq, K = a.groups * 4;
-    BERTLET_AMX_ZERO(0);
-    if constexpr (NB > 1) BERTLET_AMX_ZERO(1);
-    if constexpr (RB > 1) {
-        BERTLET_AMX_ZERO(2);
-        if constexpr (NB > 1) BERTLET_AMX_ZERO(3);
-    }
-    for (std::size_t k = 0; k < K; k += 64) {
-        BERTLET_AMX_LOAD(4, xr + k, ldq);
-        BERTLET_AMX_LOAD(6, wp + 16 * k, 64);
-        BERTLET_AMX_DPBUSD(0, 4, 6);
-        if constexpr (NB > 1) {
-            BERTLET_AMX_LOAD(7, wp + ps + 16 * k, 64);
-            BERTLET_AMX_DPBUSD(1, 4, 7);
-        }
-        if constexpr (RB > 1) {
-            BERTLET_AMX_LOAD(5, xr + 16 * ldq + k, ldq);
-            BERTLET_AMX_DPBUSD(2, 5, 6);
-            if constexpr (NB > 1) BERTLET_AMX_DPBUSD(3, 5, 7);
-        }
-    }
-    alignas(64) std::int32_t buf[RB * 16][NB][16];  // row r: NB panels of 16 sums
-    constexpr long bs = NB * 64;                      // buffer row stride in bytes
-    BERTLET_AMX_STORE(0, &buf[0][0][0], bs);
-    if constexpr (NB > 1) BERTLET_AMX_STORE(1, &buf[0][1][0], bs);
-    if constexpr (RB > 1) {
-        BERTLET_AMX_STORE(2, &buf[16][0][0], bs);
-        if constexpr (NB > 1) BERTLET_AMX_STORE(3, &buf[16][1][0], bs);
-    }
-    __m512i corr[NB];
+// The epilogue of rows [8h, 8h + 8) of a block from its buffer (RB * 16 rows of NB * 16 exact sums): the u8
+// correction (-128 * row_sum), then s8_tile_store_avx512 (the operations of the avx512_vnni kernel: the same bits).
+template <int NB, bool RAW, int EP>
+BERTLET_TARGET(BERTLET_S8_AMX) __attribute__((always_inline))
+inline void s8_amx_finish8(const s8_job& a, std::size_t m0, std::size_t p0, const std::int32_t* buf, int h) {
+    __m512i acc[8][NB];
 #pragma GCC unroll 2
-    for (int j = 0; j < NB; ++j)
-        corr[j] = _mm512_sub_epi32(_mm512_setzero_si512(),
-                                   _mm512_slli_epi32(_mm512_loadu_si512(a.w->row_sums + (p0 + j) * 16), 7));
-#pragma GCC unroll 1
-    for (int h = 0; h < RB * 2; ++h) {
-        __m512i acc[8][NB];
+    for (int j = 0; j < NB; ++j) {
+        const __m512i corr = _mm512_sub_epi32(_mm512_setzero_si512(),
+                                              _mm512_slli_epi32(_mm512_loadu_si512(a.w->row_sums + (p0 + j) * 16), 7));
 #pragma GCC unroll 8
         for (int i = 0; i < 8; ++i)
-#pragma GCC unroll 2
-            for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_add_epi32(_mm512_load_si512(&buf[8 * h + i][j][0]), corr[j]);
-        s8_tile_store_avx512<8, NB, RAW, EP>(a, m0 + 8 * h, p0, acc);
+            acc[i][j] = _mm512_add_epi32(_mm512_load_si512(buf + ((8 * h + i) * NB + j) * 16), corr);
     }
+    s8_tile_store_avx512<8, NB, RAW, EP>(a, m0 + 8 * h, p0, acc);
 }
 
-// Rows [m0, m1) x panels [p0, p1): two-panel blocks, 32 then 16 rows per tile call; rows past the last whole
-// 16 and a last single panel's short rows go to the avx512_vnni micro-kernels (the same bits). The tile
+// Blocks of RB x 16 rows and NB panels over rows [m0, m1) (a multiple of 16 RB rows) x panels [p0, p1) (a multiple
+// of NB), panels outer, rows inner. Per block the tile unit computes the exact sums over the full K (tmm0-3 C,
+// tmm4-5 A, tmm6-7 B) and stores them to one of two stack buffers; the previous block's epilogue, in RB * 2 chunks of
+// 8 rows, is interleaved with this block's k-steps (chunk h after k-step h * steps / chunks), so the AVX-512 pipes
+// run it while the tile unit multiplies (the tile instructions are few and long: the out-of-order window then holds
+// both). The last block's epilogue runs after the loop.
+template <int RB, int NB, bool RAW, int EP>
+BERTLET_TARGET(BERTLET_S8_AMX)
+void s8_amx_blocks(const s8_job& a, std::size_t m0, std::size_t m1, std::size_t p0, std::size_t p1) {
+    constexpr int chunks = RB * 2;
+    alignas(64) std::int32_t buf[2][RB * 16 * NB * 16];
+    const std::size_t ps = 16 * a.w->k_padded, ldq = a.ldq, K = a.groups * 4;
+    const std::size_t steps = K / 64;
+    std::size_t pm = 0, pp = 0;
+    int cur = 0;
+    bool pending = false;
+    constexpr long bs = NB * 64;  // buffer row stride in bytes
+    for (std::size_t p = p0; p < p1; p += NB)
+        for (std::size_t m = m0; m < m1; m += 16 * RB) {
+            const std::int8_t* wp = a.w->data + p * ps;
+            const std::uint8_t* xr = a.xq + m * ldq;
+            const std::int32_t* prev = buf[cur ^ 1];
+            BERTLET_AMX_ZERO(0);
+            if constexpr (NB > 1) BERTLET_AMX_ZERO(1);
+            if constexpr (RB > 1) {
+                BERTLET_AMX_ZERO(2);
+                if constexpr (NB > 1) BERTLET_AMX_ZERO(3);
+            }
+            int h = 0;  // next chunk of the previous block's epilogue
+            for (std::size_t s = 0; s < steps; ++s) {
+                const std::size_t k = 64 * s;
+                BERTLET_AMX_LOAD(4, xr + k, ldq);
+                BERTLET_AMX_LOAD(6, wp + 16 * k, 64);
+                BERTLET_AMX_DPBUSD(0, 4, 6);
+                if constexpr (NB > 1) {
+                    BERTLET_AMX_LOAD(7, wp + ps + 16 * k, 64);
+                    BERTLET_AMX_DPBUSD(1, 4, 7);
+                }
+                if constexpr (RB > 1) {
+                    BERTLET_AMX_LOAD(5, xr + 16 * ldq + k, ldq);
+                    BERTLET_AMX_DPBUSD(2, 5, 6);
+                    if constexpr (NB > 1) BERTLET_AMX_DPBUSD(3, 5, 7);
+                }
+                if (pending && h < chunks && std::size_t(h) * steps <= s * chunks) {
+                    s8_amx_finish8<NB, RAW, EP>(a, pm, pp, prev, h);
+                    ++h;
+                }
+            }
+            if (pending)
+                for (; h < chunks; ++h) s8_amx_finish8<NB, RAW, EP>(a, pm, pp, prev, h);
+            std::int32_t* out = buf[cur];
+            BERTLET_AMX_STORE(0, out, bs);
+            if constexpr (NB > 1) BERTLET_AMX_STORE(1, out + 16, bs);
+            if constexpr (RB > 1) {
+                BERTLET_AMX_STORE(2, out + 16 * NB * 16, bs);
+                if constexpr (NB > 1) BERTLET_AMX_STORE(3, out + 16 * NB * 16 + 16, bs);
+            }
+            pm = m, pp = p, pending = true, cur ^= 1;
+        }
+    if (pending)
+        for (int h = 0; h < chunks; ++h) s8_amx_finish8<NB, RAW, EP>(a, pm, pp, buf[cur ^ 1], h);
+}
+
+// Rows [m0, m1) x panels [p0, p1): two-panel blocks of 32 rows, then of 16; a last single panel's rows as
+// one-panel blocks; rows past the last whole 16 on the avx512_vnni micro-kernels (the same bits). The tile
 // configuration is loaded per call (per thread) and released at the end (the OS then saves no tile state).
 template <bool RAW, int EP>
 inline void s8_drive_amx(const s8_job& a, std::size_t m0, std::size_t m1, std::size_t p0, std::size_t p1) {
@@ -1253,21 +1281,18 @@ inline void s8_drive_amx(const s8_job& a, std::size_t m0, std::size_t m1, std::s
         return;
     }
     s8_amx_configure();
-    const std::size_t mt = m0 + (m1 - m0) / 16 * 16;  // end of the whole 16-row blocks
-    std::size_t p = p0;
-    for (; p + 2 <= p1; p += 2) {
-        std::size_t m = m0;
-        for (; m + 32 <= mt; m += 32) s8_kernel_amx<2, 2, RAW, EP>(a, m, p);
-        if (m < mt) s8_kernel_amx<1, 2, RAW, EP>(a, m, p);
-        if (mt < m1) s8_rows<vnni, 2, RAW>(a, mt, m1, p);
+    const std::size_t m32 = m0 + (m1 - m0) / 32 * 32, m16 = m0 + (m1 - m0) / 16 * 16;
+    const std::size_t p2 = p0 + (p1 - p0) / 2 * 2;
+    if (p2 > p0) {
+        if (m32 > m0) s8_amx_blocks<2, 2, RAW, EP>(a, m0, m32, p0, p2);
+        if (m16 > m32) s8_amx_blocks<1, 2, RAW, EP>(a, m32, m16, p0, p2);
     }
-    if (p < p1) {
-        std::size_t m = m0;
-        for (; m + 32 <= mt; m += 32) s8_kernel_amx<2, 1, RAW, EP>(a, m, p);
-        if (m < mt) s8_kernel_amx<1, 1, RAW, EP>(a, m, p);
-        if (mt < m1) s8_rows<vnni, 1, RAW>(a, mt, m1, p);
+    if (p2 < p1) {
+        if (m32 > m0) s8_amx_blocks<2, 1, RAW, EP>(a, m0, m32, p2, p1);
+        if (m16 > m32) s8_amx_blocks<1, 1, RAW, EP>(a, m32, m16, p2, p1);
     }
     s8_amx_release();
+    if (m16 < m1) s8_drive<vnni, RAW>(a, m16, m1, p0, p1);
 }
 
 #endif  // BERTLET_S8_X86
