@@ -1754,6 +1754,9 @@ inline s8_activations quantize_gemm_s8_parallel(detail::thread_pool* pool, s8_pa
     // row blocks: multiples of 8 rows (the AVX-512 VNNI micro-kernel), about 4 per thread, 8 .. 64 rows
     std::size_t rb = (M + 4 * threads - 1) / (4 * threads);
     rb = std::min<std::size_t>(64, std::max<std::size_t>(8, (rb + 7) / 8 * 8));
+    // the AMX path's best blocks are 32 rows (two row tiles share every weight tile): multiples of 32 when there are
+    // at least two such blocks per thread
+    if (p == s8_path::avx512_amx && M >= 64 * threads) rb = std::max<std::size_t>(32, (rb + 31) / 32 * 32);
     const std::size_t nblocks = (M + rb - 1) / rb;
     auto task = [&](std::size_t t, std::size_t) {
         const std::size_t m0 = t * rb, m1 = std::min(M, m0 + rb);
