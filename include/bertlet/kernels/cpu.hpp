@@ -5,7 +5,8 @@
 //            amx_int8 (AMX-TILE + AMX-INT8 with the tile state enabled in XCR0; Linux must also grant the process
 //            the tile data, see gemm_s8.hpp's s8_amx_usable)
 //   aarch64: neon (always present) ; extras: dotprod
-// BERTLET_FORCE_ARCH=scalar|avx2|avx512|neon forces a path (tests and benchmarks use it to cover each one). Forcing a
+// BERTLET_FORCE_ARCH=scalar|avx2|avx512|neon forces a path (tests and benchmarks use it to cover each one);
+// BERTLET_AMX=0 keeps the int8 linears off the AMX tiles (avx512_vnni instead; the same bits). Forcing a
 // path the CPU lacks is an error (input_error 400) rather than a crash. Nothing here reads /proc or /sys or calls
 // affinity APIs (both are unreliable inside AWS Lambda); detection is CPUID + XGETBV on x86 and getauxval on Linux
 // aarch64.
