@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <random>
 #include <string>
@@ -114,6 +115,18 @@ TEST_CASE("kernels: the machine's paths are detected and selectable") {
 #endif
     MESSAGE("CPU: " << bertlet::cpu().describe()
                     << "; active path: " << std::string(bertlet::isa_name(bertlet::active_isa())));
+}
+
+TEST_CASE("kernels: aligned_vector storage starts on a cache line, small and large, after growth") {
+    // malloc puts large blocks 16 bytes past a page boundary: the workspaces would then straddle cache lines
+    for (std::size_t n : {std::size_t(1), std::size_t(17), std::size_t(4096), std::size_t(1) << 20}) {
+        bertlet::detail::aligned_vector<float> v(n);
+        CHECK(reinterpret_cast<std::uintptr_t>(v.data()) % 64 == 0);
+        v.resize(3 * n + 5);
+        CHECK(reinterpret_cast<std::uintptr_t>(v.data()) % 64 == 0);
+        bertlet::detail::aligned_vector<std::uint8_t> b(n + 3);
+        CHECK(reinterpret_cast<std::uintptr_t>(b.data()) % 64 == 0);
+    }
 }
 
 TEST_CASE("kernels: pack_n16 layout and round trip") {

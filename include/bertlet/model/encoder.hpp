@@ -67,11 +67,12 @@ private:
                          detail::attention_scratch_floats(L, D), bf16_attention_scratch_bytes(L, D) / 4 + 1,
                          s8_attention_scratch_bytes(L, D) / 4 + 1});
     }
-    static void grow(std::vector<float>& v, std::size_t n) {
+    static void grow(detail::aligned_vector<float>& v, std::size_t n) {
         if (v.size() < n) v.resize(n);
     }
-    std::vector<float> x_, q_, k_, v_, ctx_, tmp_, inter_, scratch_;
-    std::vector<std::uint8_t> s8_;  // int8 GEMM scratch (quantized activations + their scales)
+    // 64-byte aligned (detail::aligned_allocator: rows of 64 bytes must not straddle cache lines)
+    detail::aligned_vector<float> x_, q_, k_, v_, ctx_, tmp_, inter_, scratch_;
+    detail::aligned_vector<std::uint8_t> s8_;  // int8 GEMM scratch (quantized activations + their scales)
     std::size_t stride_ = 0, threads_ = 0;
 };
 
