@@ -17,6 +17,7 @@
 #include "bertlet/kernels/dispatch.hpp"
 #include "bertlet/kernels/attention_s8.hpp"
 #include "bertlet/kernels/gemm_bf16.hpp"
+#include "bertlet/kernels/gemm_f32x6.hpp"
 
 namespace {
 
@@ -28,7 +29,8 @@ struct shape {
     bool bias;
 };
 constexpr shape shapes[] = {{"attn_qk", 128, 128, 32, false},   {"attn_pv", 128, 32, 128, false},
-                            {"lin_384_384", 128, 384, 384, true}, {"lin_384_1536", 128, 1536, 384, true},
+                            {"lin_384_384", 128, 384, 384, true}, {"lin_384_1152", 128, 1152, 384, true},
+                            {"lin_384_1536", 128, 1536, 384, true},
                             {"lin_1536_384", 128, 384, 1536, true}};
 
 std::vector<float> gaussian(std::size_t n, unsigned seed, float sd) {
@@ -83,6 +85,23 @@ void bm_bf16(benchmark::State& st, shape s, bool a_bf16) {
     set_gflops(st, 2.0 * double(s.M * s.N * s.K));
 }
 
+// Worst error of C against a float64 reference, relative to sum |a w| of each element (counter "relerr").
+double rel_error(const std::vector<float>& A, const std::vector<float>& W, const std::vector<float>& b,
+                 const std::vector<float>& C, shape s) {
+    double worst = 0;
+    for (std::ptrdiff_t i = 0; i < s.M; ++i)
+        for (std::ptrdiff_t j = 0; j < s.N; ++j) {
+            double acc = s.bias ? b[std::size_t(j)] : 0.0, mag = 0;
+            for (std::ptrdiff_t k = 0; k < s.K; ++k) {
+                const double p = double(A[std::size_t(i * s.K + k)]) * W[std::size_t(j * s.K + k)];
+                acc += p;
+                mag += std::fabs(p);
+            }
+            worst = std::max(worst, std::fabs(C[std::size_t(i * s.N + j)] - acc) / mag);
+        }
+    return worst;
+}
+
 void bm_f32(benchmark::State& st, shape s) {
     if (!need_avx512(st)) return;
     const auto& kt = bd::kernels_for(bertlet::isa::avx512);
@@ -107,6 +126,41 @@ void bm_f32(benchmark::State& st, shape s) {
         benchmark::ClobberMemory();
     }
     set_gflops(st, 2.0 * double(s.M * s.N * s.K));
+    if (s.K >= 384) st.counters["relerr"] = rel_error(A, W, b, C, s);
+}
+
+// fp32 GEMM as six bf16 products on the AMX tiles (kernels/gemm_f32x6.hpp), one thread, the activation split
+// included; "relerr" is its worst error against float64 (bm_f32's is reported the same way).
+void bm_f32x6(benchmark::State& st, shape s) {
+    if (!bertlet::f32x6_supported() || !bertlet::f32x6_shape_ok(std::size_t(s.N), std::size_t(s.K))) {
+        st.SkipWithError("no AMX-BF16 (or shape)");
+        return;
+    }
+    const auto A = gaussian(std::size_t(s.M * s.K), 1, 1.f), W = gaussian(std::size_t(s.N * s.K), 2, 0.05f),
+               b = gaussian(std::size_t(s.N), 3, 0.1f);
+    std::vector<float> pk(bd::packed_n16_size(std::size_t(s.N), std::size_t(s.K)));
+    bd::pack_n16(W.data(), s.N, s.K, s.K, pk.data());
+    bd::aligned_vector<std::uint16_t> wx(bertlet::f32x6_packed_size(std::size_t(s.N), std::size_t(s.K))),
+        ax(bertlet::f32x6_a_size(std::size_t(s.M), std::size_t(s.K)));  // tiles: 64-byte rows on cache lines
+    bertlet::pack_f32x6(pk.data(), std::size_t(s.N), std::size_t(s.K), wx.data());
+    std::vector<float> C(std::size_t(s.M * s.N));
+    bertlet::f32x6_args g;
+    g.a = A.data();
+    g.lda = s.K;
+    g.w = wx.data();
+    g.c = C.data();
+    g.ldc = s.N;
+    g.m = s.M;
+    g.n = s.N;
+    g.k = s.K;
+    if (s.bias) g.ep.bias = b.data();
+    for (auto _ : st) {
+        bertlet::f32x6_gemm_parallel(nullptr, g, ax.data());
+        benchmark::DoNotOptimize(C.data());
+        benchmark::ClobberMemory();
+    }
+    set_gflops(st, 2.0 * double(s.M * s.N * s.K));
+    st.counters["relerr"] = rel_error(A, W, b, C, s);
 }
 
 // Per-head packing of K_h ([L, D] as a weight) and V_h ([L, D] as B) out of a [L, 3H] QKV buffer.
@@ -221,6 +275,8 @@ const int registered = [] {
                                  "_K" + std::to_string(s.K);
         benchmark::RegisterBenchmark(("f32_avx512" + dims).c_str(), bm_f32, s)->Unit(benchmark::kMicrosecond);
         benchmark::RegisterBenchmark(("bf16" + dims).c_str(), bm_bf16, s, false)->Unit(benchmark::kMicrosecond);
+        if (s.K >= 384)
+            benchmark::RegisterBenchmark(("f32x6_amx" + dims).c_str(), bm_f32x6, s)->Unit(benchmark::kMicrosecond);
         if (s.K == 128)  // P V with P already in bf16 (softmax writing bf16)
             benchmark::RegisterBenchmark(("bf16_a16" + dims).c_str(), bm_bf16, s, true)->Unit(benchmark::kMicrosecond);
     }

@@ -77,8 +77,10 @@ std::string num(double v) {
 std::string isa_string() {
 #ifdef BERTLET_BENCH_HAS_CPU
     // and the int8 GEMM path that goes with it (avx512_vnni / avx512_amx, ...), which the int8 blob runs on
+    // and the fp32 linears' form on the avx512 path: AMX bf16x6 tiles (gemm_f32x6.hpp) or the FMA kernels
+    const bool x6 = bertlet::active_isa() == bertlet::isa::avx512 && bertlet::f32x6_supported();
     return std::string(bertlet::isa_name(bertlet::active_isa())) + " (int8 linears: " +
-           bertlet::s8_path_name(bertlet::active_s8_path()) + ")";
+           bertlet::s8_path_name(bertlet::active_s8_path()) + (x6 ? "; fp32 linears: amx_bf16x6" : "") + ")";
 #else
     return "unknown (bertlet/kernels/cpu.hpp not present)";
 #endif
@@ -266,13 +268,15 @@ int peak_mode() {
     bf16 = f.has_avx512_path() && f.avx512_bf16;
     amx = bertlet::active_s8_path() == bertlet::s8_path::avx512_amx;
 #endif
-    const bertlet_bench::peaks p = bertlet_bench::measure_peaks(a512, a2, vnni, bf16, amx);
+    const bool x6 = a512 && bertlet::f32x6_supported();  // fp32 linears as bf16x6 on the tiles (gemm_f32x6.hpp)
+    const bertlet_bench::peaks p = bertlet_bench::measure_peaks(a512, a2, vnni, bf16, amx, x6);
     std::cout << "{\"kind\":\"peak\",\"vendor\":" << json_str(id.vendor) << ",\"family\":" << id.family
               << ",\"model\":" << id.model << ",\"stepping\":" << id.stepping << ",\"uarch\":" << json_str(id.uarch)
               << ",\"isa\":" << json_str(isa_string()) << ",\"fp32_form\":" << json_str(p.fp32_form)
               << ",\"fp32_gflops\":" << num(nan_to_neg(p.fp32 / 1e9)) << ",\"int8_gops\":" << num(nan_to_neg(p.int8 / 1e9))
               << ",\"bf16_gflops\":" << num(nan_to_neg(p.bf16 / 1e9))
-              << ",\"int8_amx_gops\":" << num(nan_to_neg(p.amx_int8 / 1e9)) << "}" << std::endl;
+              << ",\"int8_amx_gops\":" << num(nan_to_neg(p.amx_int8 / 1e9))
+              << ",\"bf16_amx_gflops\":" << num(nan_to_neg(p.amx_bf16 / 1e9)) << "}" << std::endl;
     return 0;
 }
 

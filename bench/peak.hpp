@@ -8,6 +8,7 @@
 //   bf16: vdpbf16ps zmm (AVX512_BF16): 2 bf16 products + 2 adds per lane = 4 FLOP per lane
 //   int8 on AMX (when the avx512_amx path is in use): tdpbusd on four independent 16 x 16 s32 tiles from two A and
 //   two B tiles held in tile registers: 16 x 16 x 64 products + adds = 32768 OP per instruction
+//   bf16 on AMX (when the bf16x6 fp32 linears are in use): tdpbf16ps likewise, 16 x 16 x 32 x 2 = 16384 FLOP each
 // Also the CPU's vendor / family / model from CPUID and the microarchitecture they name, where known: the same
 // "AMD EPYC" string covers Zen 4 (one 512-bit FMA per cycle, double-pumped) and Zen 5 (two).
 #pragma once
@@ -152,6 +153,24 @@ __attribute__((noinline)) inline void amx_tdpbusd(long n) {
                          "tdpbusd %%tmm6, %%tmm5, %%tmm2\n\ttdpbusd %%tmm7, %%tmm5, %%tmm3" ::);
     __asm__ volatile("tilerelease" ::: "memory");
 }
+// tdpbf16ps the same way (bf16 pairs into fp32 tiles): the tile peak of the bf16x6 fp32 linears
+// (kernels/gemm_f32x6.hpp), which do six of these per fp32 product.
+__attribute__((noinline)) inline void amx_tdpbf16ps(long n) {
+    struct alignas(64) {
+        std::uint8_t palette = 1, start_row = 0, reserved[14] = {};
+        std::uint16_t colsb[16] = {64, 64, 64, 64, 64, 64, 64, 64};
+        std::uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
+    } cfg;
+    alignas(64) static std::uint8_t zeros[16 * 64];
+    __asm__ volatile("ldtilecfg %0" ::"m"(cfg) : "memory");
+    __asm__ volatile("tileloadd (%0,%1,1), %%tmm4\n\ttileloadd (%0,%1,1), %%tmm5\n\t"
+                     "tileloadd (%0,%1,1), %%tmm6\n\ttileloadd (%0,%1,1), %%tmm7" ::"r"(zeros), "r"(64L)
+                     : "memory");
+    for (long k = 0; k < n; ++k)
+        __asm__ volatile("tdpbf16ps %%tmm6, %%tmm4, %%tmm0\n\ttdpbf16ps %%tmm7, %%tmm4, %%tmm1\n\t"
+                         "tdpbf16ps %%tmm6, %%tmm5, %%tmm2\n\ttdpbf16ps %%tmm7, %%tmm5, %%tmm3" ::);
+    __asm__ volatile("tilerelease" ::: "memory");
+}
 __attribute__((target("avx512f,avx512bw,avx512bf16"), noinline)) inline void bf16_zmm(long n) {
     __m512 a[12];
     for (int i = 0; i < 12; ++i) a[i] = _mm512_set1_ps(0.001f * static_cast<float>(i));
@@ -174,10 +193,12 @@ struct peaks {
     double int8 = NAN;  // OP/s of vpdpbusd zmm
     double bf16 = NAN;  // FLOP/s of vdpbf16ps zmm
     double amx_int8 = NAN;  // OP/s of tdpbusd (AMX), measured only when asked (the avx512_amx path is in use)
+    double amx_bf16 = NAN;  // FLOP/s of tdpbf16ps (AMX), measured only when asked (bf16x6 fp32 linears in use)
     const char* fp32_form = "none";
 };
 
-inline peaks measure_peaks(bool avx512_path, bool avx2_path, bool vnni512, bool bf16, bool amx = false) {
+inline peaks measure_peaks(bool avx512_path, bool avx2_path, bool vnni512, bool bf16, bool amx = false,
+                           bool amx_bf16 = false) {
     peaks p;
 #ifdef BERTLET_PEAK_X86
     if (avx512_path) {
@@ -190,8 +211,10 @@ inline peaks measure_peaks(bool avx512_path, bool avx2_path, bool vnni512, bool 
     if (vnni512) p.int8 = detail::best_rate(detail::vnni_zmm, 12.0 * 16 * 8);
     if (bf16) p.bf16 = detail::best_rate(detail::bf16_zmm, 12.0 * 16 * 4);
     if (amx) p.amx_int8 = detail::best_rate(detail::amx_tdpbusd, 4.0 * 16 * 16 * 64 * 2);
+    if (amx_bf16) p.amx_bf16 = detail::best_rate(detail::amx_tdpbf16ps, 4.0 * 16 * 16 * 32 * 2);
 #else
     (void)amx;
+    (void)amx_bf16;
     (void)avx512_path;
     (void)avx2_path;
     (void)vnni512;

@@ -5,10 +5,12 @@
 #include <bertlet/bertlet.hpp>
 #include <bertlet/blob/writer.hpp>
 #include <bertlet/kernels/gemm_bf16.hpp>
+#include <bertlet/kernels/gemm_f32x6.hpp>
 
 #include <array>
 
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -270,21 +272,27 @@ TEST_CASE("encoder matches a naive double-precision reference for several shapes
         s.pooling = c.pooling;
         s.normalize = c.normalize;
         const auto m = make_tiny(s);
-        for (const auto arch : bertlet::detail::available_isas()) {  // every kernel path this CPU has
-            CAPTURE(bertlet::isa_name(arch));
-            bertlet::load_options lo;
-            lo.arch = arch;
-            const auto e = bertlet::embedder::from_bytes(tiny_blob(m), lo);
-            REQUIRE(e.arch() == arch);
-            bertlet::embed_workspace ws;
-            for (const char* text : {"the cat sat on the mat.", "dogs running!", "", "big, small, big"}) {
-                CAPTURE(text);
-                const auto enc = e.tokenizer().encode(text);
-                std::vector<float> got(e.dim());
-                e.embed(text, got.data(), ws);
-                CHECK(max_abs_diff(got.data(), reference_embed(m, enc.ids)) < 2e-5);
+        for (const auto arch : bertlet::detail::available_isas())  // every kernel path this CPU has
+            for (const bool amx : {false, true}) {  // avx512 with AMX-BF16: also the bf16x6 fp32 linears
+                if (amx && !(arch == bertlet::isa::avx512 && bertlet::f32x6_supported())) continue;
+                CAPTURE(bertlet::isa_name(arch));
+                CAPTURE(amx);
+                bertlet::load_options lo;
+                lo.arch = arch;
+                lo.amx = amx;
+                const auto e = bertlet::embedder::from_bytes(tiny_blob(m), lo);
+                REQUIRE(e.arch() == arch);
+                CHECK(e.model_encoder().f32_amx() == (amx && c.H % 32 == 0 && c.I % 32 == 0));
+                bertlet::embed_workspace ws;
+                for (const char* text : {"the cat sat on the mat.", "dogs running!", "", "big, small, big",
+                                         "a longer text, so that the batch has sixteen tokens or more."}) {
+                    CAPTURE(text);
+                    const auto enc = e.tokenizer().encode(text);
+                    std::vector<float> got(e.dim());
+                    e.embed(text, got.data(), ws);
+                    CHECK(max_abs_diff(got.data(), reference_embed(m, enc.ids)) < 2e-5);
+                }
             }
-        }
     }
 }
 
@@ -532,6 +540,45 @@ TEST_CASE("intra-op threads and kernel paths do not change results") {
     CHECK_THROWS_AS(bertlet::embedder::from_bytes(tiny_blob(m), wrong_isa), bertlet::input_error);
 }
 
+TEST_CASE("bf16x6 fp32 linears (AMX-BF16): thread counts give the same bits, close to the FMA kernels") {
+    if (!bertlet::f32x6_supported() || !bertlet::detail::isa_compiled(bertlet::isa::avx512)) {
+        MESSAGE("no AMX-BF16 here (or BERTLET_AMX=0): skipped");
+        return;
+    }
+    tiny_spec s;
+    s.H = 64;
+    s.heads = 2;
+    s.I = 96;
+    s.L = 2;
+    s.P = 64;
+    const auto m = make_tiny(s);
+    const std::vector<std::string> texts = {"the cat sat on the mat.", "dogs running!", "", "big, small, big",
+                                            "the the the the the the the the the the the the the the the the the"};
+    bertlet::load_options one;
+    one.arch = bertlet::isa::avx512;
+    const auto e1 = bertlet::embedder::from_bytes(tiny_blob(m), one);
+    REQUIRE(e1.model_encoder().f32_amx());
+    const auto want = e1.embed_batch(texts);
+    for (std::size_t threads : {2u, 3u}) {
+        CAPTURE(threads);
+        bertlet::load_options lo = one;
+        lo.threads = threads;
+        const auto got = bertlet::embedder::from_bytes(tiny_blob(m), lo).embed_batch(texts);
+        for (std::size_t i = 0; i < texts.size(); ++i)
+            CHECK(std::memcmp(got[i].data(), want[i].data(), want[i].size() * sizeof(float)) == 0);
+    }
+    bertlet::load_options fma = one;
+    fma.amx = false;
+    const auto e2 = bertlet::embedder::from_bytes(tiny_blob(m), fma);
+    CHECK(!e2.model_encoder().f32_amx());
+    const auto ref = e2.embed_batch(texts);
+    double worst = 0;
+    for (std::size_t i = 0; i < texts.size(); ++i)
+        for (std::size_t k = 0; k < want[i].size(); ++k) worst = std::max(worst, double(std::fabs(ref[i][k] - want[i][k])));
+    CHECK(worst < 2e-6);
+    CHECK(worst > 0);  // different arithmetic: the AMX path really ran
+}
+
 TEST_CASE("batch embedding equals one-by-one embedding (packed sequences, no padding)") {
     const auto m = make_tiny(tiny_spec{});
     const auto e = bertlet::embedder::from_bytes(tiny_blob(m));
@@ -721,13 +768,23 @@ std::vector<golden> read_goldens() {
 }  // namespace
 
 TEST_CASE("all-MiniLM-L6-v2: loads, verifies and matches the committed Hugging Face goldens") {
-    for (const auto arch : bertlet::detail::available_isas()) {  // fp32 parity on every kernel path this CPU has
+    // fp32 parity on every kernel path this CPU has; on avx512 with AMX-BF16 both with the bf16x6 tile linears
+    // (the default there) and with the FMA kernels (amx = false)
+    std::vector<std::pair<bertlet::isa, bool>> runs;
+    for (const auto arch : bertlet::detail::available_isas()) {
+        runs.emplace_back(arch, false);
+        if (arch == bertlet::isa::avx512 && bertlet::f32x6_supported()) runs.emplace_back(arch, true);
+    }
+    for (const auto& [arch, amx] : runs) {
         CAPTURE(bertlet::isa_name(arch));
+        CAPTURE(amx);
         bertlet::load_options lo;
         lo.verify = true;
         lo.arch = arch;
+        lo.amx = amx;
         const auto e = bertlet::embedder::load(kModel, lo);
         CHECK(e.arch() == arch);
+        CHECK(e.model_encoder().f32_amx() == amx);
         CHECK(e.model_encoder().prepacked());  // the converter's default layout: linear weights used from the mmap
         CHECK(e.dim() == 384);
         CHECK(e.config().num_layers == 6);

@@ -3,7 +3,8 @@
 // One binary carries every path; the best one the CPU (and OS) supports is picked at run time:
 //   x86-64:  scalar < avx2 (AVX2+FMA+F16C) < avx512 (F, BW, DQ, VL) ; extras: avx512_vnni, avx512_bf16, avx_vnni,
 //            amx_int8 (AMX-TILE + AMX-INT8 with the tile state enabled in XCR0; Linux must also grant the process
-//            the tile data, see gemm_s8.hpp's s8_amx_usable)
+//            the tile data, see gemm_s8.hpp's s8_amx_usable), amx_bf16 (AMX-TILE + AMX-BF16, same conditions;
+//            fp32 linears as six bf16 products, kernels/gemm_f32x6.hpp)
 //   aarch64: neon (always present) ; extras: dotprod
 // BERTLET_FORCE_ARCH=scalar|avx2|avx512|neon forces a path (tests and benchmarks use it to cover each one);
 // BERTLET_AMX=0 keeps the int8 linears off the AMX tiles (avx512_vnni instead; the same bits). Forcing a
@@ -54,6 +55,7 @@ struct cpu_features {
     bool avx512f = false, avx512bw = false, avx512dq = false, avx512vl = false;
     bool avx512_vnni = false, avx512_bf16 = false, avx_vnni = false;
     bool amx_int8 = false;  // AMX-TILE + AMX-INT8, XCR0 bits 17 (XTILECFG) and 18 (XTILEDATA) set by the OS
+    bool amx_bf16 = false;  // AMX-TILE + AMX-BF16, same XCR0 bits
     bool neon = false, dotprod = false;
 
     bool has_avx2_path() const noexcept { return avx2 && fma && f16c; }
@@ -89,6 +91,7 @@ struct cpu_features {
         add(avx512_bf16, "avx512_bf16");
         add(avx_vnni, "avx_vnni");
         add(amx_int8, "amx_int8");
+        add(amx_bf16, "amx_bf16");
         add(neon, "neon");
         add(dotprod, "dotprod");
         return s.empty() ? "baseline" : s;
@@ -152,6 +155,7 @@ inline cpu_features detect_cpu() {
             f.avx512_vnni = (r[2] >> 11) & 1;
             // EDX bit 24 AMX-TILE, bit 25 AMX-INT8; the OS enables the tile state in XCR0 (bits 17, 18)
             f.amx_int8 = ((r[3] >> 24) & 1) && ((r[3] >> 25) & 1) && (xcr0 & 0x60000) == 0x60000;
+            f.amx_bf16 = ((r[3] >> 24) & 1) && ((r[3] >> 22) & 1) && (xcr0 & 0x60000) == 0x60000;  // EDX 22 AMX-BF16
         }
         cpuid(7, 1, r);
         f.avx_vnni = (r[0] >> 4) & 1;

@@ -55,9 +55,12 @@ struct load_options {
     /// scaled by 384 / hidden size (at least 32); int8 seq 128, batch 8 on Zen 4 ran 0.86x the time of one pass
     /// over all rows. Results do not depend on it (every row computes the same operations either way).
     std::size_t group_tokens = 0;
-    /// int8 models only: run the linears' 16 x 16 blocks on the AMX tiles where the CPU and OS offer them (Intel
-    /// Sapphire Rapids and later; s8_path::avx512_amx). The results are the same bits either way (exact integer
-    /// sums, the same epilogue); off gives avx512_vnni (A/B timing). BERTLET_AMX=0 turns AMX off process-wide.
+    /// Use Intel AMX tiles where the CPU and OS offer them (Sapphire Rapids and later; avx512 path).
+    /// int8 models: the linears' 16 x 16 blocks (s8_path::avx512_amx), the same bits as avx512_vnni (exact integer
+    /// sums, the same epilogue). fp32 models (AMX-BF16): the linears as six bf16 products per fp32 product
+    /// (kernels/gemm_f32x6.hpp; encoder::f32_amx()), as accurate as the FMA kernels (error against float64 at or
+    /// below theirs) but not the same bits; ~1.7-2x faster GEMMs, 6 bytes per linear weight copied at load.
+    /// Off: the AVX-512 VNNI / FMA kernels (A/B timing). BERTLET_AMX=0 turns AMX off process-wide.
     bool amx = true;
 };
 

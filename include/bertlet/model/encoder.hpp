@@ -27,6 +27,7 @@
 #include "bertlet/kernels/basic.hpp"
 #include "bertlet/kernels/dispatch.hpp"
 #include "bertlet/kernels/gemm_bf16.hpp"
+#include "bertlet/kernels/gemm_f32x6.hpp"
 #include "bertlet/kernels/gemm_s8.hpp"
 #include "bertlet/model/config.hpp"
 
@@ -37,7 +38,13 @@ class workspace {
 public:
     workspace() = default;
     /// threads: the encoder's intra-op thread count (each thread gets its own GEMM / attention scratch).
-    void reserve(std::size_t tokens, std::size_t max_len, const bert_config& c, std::size_t threads = 1) {
+    /// f32x6: also the split-activation buffer of the AMX bf16x6 fp32 GEMMs (kernels/gemm_f32x6.hpp).
+    void reserve(std::size_t tokens, std::size_t max_len, const bert_config& c, std::size_t threads = 1,
+                 bool f32x6 = false) {
+        if (f32x6) {
+            const std::size_t n = f32x6_a_size(tokens, std::max(c.hidden_size, c.intermediate_size));
+            if (x6_.size() < n) x6_.resize(n);
+        }
         grow(x_, tokens * c.hidden_size);
         grow(q_, tokens * c.hidden_size * 3);  // Q|K|V side by side when the encoder fuses their GEMMs
         grow(k_, tokens * c.hidden_size);
@@ -73,6 +80,7 @@ private:
     // 64-byte aligned (detail::aligned_allocator: rows of 64 bytes must not straddle cache lines)
     detail::aligned_vector<float> x_, q_, k_, v_, ctx_, tmp_, inter_, scratch_;
     detail::aligned_vector<std::uint8_t> s8_;  // int8 GEMM scratch (quantized activations + their scales)
+    detail::aligned_vector<std::uint16_t> x6_;  // bf16x6 fp32 GEMM: the activations split into three bf16 parts
     std::size_t stride_ = 0, threads_ = 0;
 };
 
@@ -99,6 +107,9 @@ struct layer_weights {
                         *o216 = nullptr;
     // Q, K and V as one GEMM (f32 or bf16 weights, H % 32 == 0): bqkv = [bq | bk | bv], owned by the encoder
     const float* bqkv = nullptr;
+    // f32 linears as the F32X6 layout of the AMX bf16x6 GEMM (kernels/gemm_f32x6.hpp; built at load on CPUs with
+    // AMX-BF16, owned by the encoder; null: the FMA kernels); qkv_x = [Wq; Wk; Wv] as one weight of 3H outputs
+    const std::uint16_t *qkv_x = nullptr, *o_x = nullptr, *i_x = nullptr, *o2_x = nullptr;
 };
 
 struct dynamic_shape {
@@ -135,6 +146,8 @@ struct exec_context {
 /// it runs inside the pool job that quantizes those rows and computes their Q, K, V (one pool round trip less).
 template <class Shape>
 struct encoder_block {
+    /// Fewer rows than this run the FMA kernels even when the AMX bf16x6 weights exist (a block is 16 rows).
+    static constexpr std::ptrdiff_t x6_min_rows = 16;
     static void forward(const Shape& s, const layer_weights& w, float eps, detail::gelu_kind act,
                         const sequence_span* seqs, std::size_t nseq, std::size_t tokens, workspace& ws,
                         const detail::exec_context& ex, const float* in_ln_g, const float* in_ln_b,
@@ -157,6 +170,20 @@ struct encoder_block {
         float* scratch = ws.scratch_.data();
         const std::size_t stride = ws.stride_;
 
+        auto run_x6 = [&](const float* a, ptrdiff_t in, const std::uint16_t* wx, const detail::epilogue& ep, float* y,
+                          ptrdiff_t out) {
+            f32x6_args g;
+            g.a = a;
+            g.lda = in;
+            g.w = wx;
+            g.c = y;
+            g.ldc = out;
+            g.m = T;
+            g.n = out;
+            g.k = in;
+            g.ep = ep;
+            f32x6_gemm_parallel(ex.pool, g, ws.x6_.data());
+        };
         auto run = [&](const auto& g) {  // an f32 or bf16 GEMM split over the pool
             if constexpr (std::is_same_v<std::decay_t<decltype(g)>, gemm_bf16_args>)
                 gemm_bf16_parallel(ex.pool, g, scratch, stride * sizeof(float));
@@ -166,7 +193,8 @@ struct encoder_block {
         auto linear = [&](const float* a, ptrdiff_t in, const float* wp, const packed_s8& w8, const float* as,
                           const std::uint16_t* w16, const float* b, ptrdiff_t out, float* y, const float* residual,
                           detail::activation fn, float* ln_x = nullptr, const float* ln_g = nullptr,
-                          const float* ln_b = nullptr, const packed_s8* next = nullptr) {
+                          const float* ln_b = nullptr, const packed_s8* next = nullptr,
+                          const std::uint16_t* wx = nullptr) {
             // ln_x (== a, or null): LayerNorm those rows in place first (ln_g / ln_b); int8: inside the GEMM's job
             const detail::epilogue ep{1.0f, b, residual, out, fn};
             if (ln_x && !w8.data) layernorm(K, ex, ln_x, T, in, ln_g, ln_b, eps);
@@ -191,6 +219,10 @@ struct encoder_block {
                 quantize_gemm_s8_parallel(ex.pool, ex.s8, a, static_cast<std::size_t>(T), static_cast<std::size_t>(in),
                                           static_cast<std::size_t>(in), as, ws.s8_.data(), &g, 1,
                                           rows_layernorm(K, ln_x, in, ln_g, ln_b, eps));
+                return;
+            }
+            if (wx && T >= x6_min_rows) {  // f32 weights on the AMX tiles as six bf16 products
+                run_x6(a, in, wx, ep, y, out);
                 return;
             }
             detail::gemm_args g = gemm_for<detail::gemm_args>(a, in, y, out, T, out, in, ep);
@@ -228,6 +260,8 @@ struct encoder_block {
             quantize_gemm_s8_parallel(ex.pool, ex.s8, x, static_cast<std::size_t>(T), static_cast<std::size_t>(H),
                                       static_cast<std::size_t>(H), w.as_q, ws.s8_.data(), g, 3,
                                       rows_layernorm(K, in_ln_g ? x : nullptr, H, in_ln_g, in_ln_b, eps));
+        } else if (w.qkv_x && T >= x6_min_rows) {
+            run_x6(x, H, w.qkv_x, detail::epilogue{1.0f, w.bqkv}, q, 3 * H);
         } else if (w.bqkv) {  // one GEMM over [Wq; Wk; Wv] (f32 or bf16 panels): A is packed once
             const detail::epilogue ep{1.0f, w.bqkv};
             auto fused = [&](auto g, const auto* wq, const auto* wk, const auto* wv) {
@@ -322,11 +356,12 @@ struct encoder_block {
         const detail::activation fn =
             act == detail::gelu_kind::erf ? detail::activation::gelu_erf : detail::activation::gelu_tanh;
         linear(ctx, H, w.wo, w.o8, w.as_o, w.o16, w.bo, H, tmp, x, none, nullptr, nullptr, nullptr,
-               &w.i8);  // tmp = attn_out + x
+               &w.i8, w.o_x);  // tmp = attn_out + x
         // tmp = LN(tmp), inter = GELU(tmp Wi + bi)
-        linear(tmp, H, w.wi, w.i8, w.as_i, w.i16, w.bi, I, inter, nullptr, fn, tmp, w.ln1_g, w.ln1_b, &w.o28);
+        linear(tmp, H, w.wi, w.i8, w.as_i, w.i16, w.bi, I, inter, nullptr, fn, tmp, w.ln1_g, w.ln1_b, &w.o28,
+               w.i_x);
         linear(inter, I, w.wo2, w.o28, w.as_o2, w.o216, w.bo2, H, x, tmp, none, nullptr, nullptr, nullptr,
-               next_q8);  // x = ffn_out + tmp
+               next_q8, w.o2_x);  // x = ffn_out + tmp
         // x = LN(x) (ln2) is the caller's: the next block's in_ln, or a last layernorm()
     }
 
@@ -392,6 +427,10 @@ public:
                                      : std::max<std::size_t>(32, 128 * 384 / std::max<std::size_t>(c.hidden_size, 1)) *
                                            threads;
         const std::size_t H = c.hidden_size, I = c.intermediate_size;
+        // fp32 linears on the AMX tiles as six bf16 products (kernels/gemm_f32x6.hpp): avx512 path, AMX-BF16, not
+        // declined (amx = false or BERTLET_AMX=0), shapes in whole 32 x 32 blocks
+        const bool x6_ok = amx && kernels_->arch == isa::avx512 && f32x6_supported() && f32x6_shape_ok(H, H) &&
+                           f32x6_shape_ok(I, H) && f32x6_shape_ok(H, I);
         bind_word_embeddings(r, c.vocab_size, H);
         pos_ = bind(r, "embeddings.position_embeddings.weight", {c.max_position_embeddings, H});
         type_ = bind(r, "embeddings.token_type_embeddings.weight", {c.type_vocab_size, H});
@@ -432,6 +471,7 @@ public:
                 w.bqkv = b->data();
                 owned_bias_.push_back(b);
             }
+            if (x6_ok) bind_f32x6(w, H, I);
             layers_.push_back(w);
         }
         // opt-in for int8 models (they already trade exactness for speed; an fp32 model's attention always stays
@@ -467,6 +507,9 @@ public:
     bool int8_attention() const noexcept { return s8_attention_; }
     /// The int8 GEMM path the linears of an int8 model run on (s8_path_for(arch), avx512_vnni if AMX was declined).
     s8_path int8_path() const noexcept { return s8_; }
+    /// True if the f32 linears run on the AMX tiles as six bf16 products (kernels/gemm_f32x6.hpp; batches of at
+    /// least 16 tokens; CPUs with AMX-BF16 unless declined by load_options::amx / BERTLET_AMX=0).
+    bool f32_amx() const noexcept { return !owned_x6_.empty(); }
 
     /// Runs the encoder over a packed batch. ids/type_ids hold `tokens` entries; seqs describe the sequences.
     /// Returns a pointer to the final hidden states [tokens, H] inside `ws` (valid until its next use).
@@ -495,7 +538,7 @@ public:
                                                           std::to_string(t) + " is outside 0.." +
                                                           std::to_string(cfg_.type_vocab_size - 1));
         }
-        ws.reserve(tokens, max_len, cfg_, threads());
+        ws.reserve(tokens, max_len, cfg_, threads(), f32_amx());
         float* x = ws.x_.data();
         for (std::size_t s = 0; s < nseq; ++s) {
             for (std::size_t p = 0; p < seqs[s].length; ++p) {
@@ -680,6 +723,24 @@ private:
         quantized_ = true;
     }
 
+    /// The F32X6 copies of a layer's f32 linears (Q, K and V as one weight of 3H outputs); int8 / bf16 ones keep theirs.
+    void bind_f32x6(layer_weights& w, std::size_t H, std::size_t I) {
+        auto make = [&](std::initializer_list<const float*> parts, std::size_t out, std::size_t in) {
+            auto v = std::make_shared<detail::aligned_vector<std::uint16_t>>(f32x6_packed_size(out * parts.size(), in));
+            std::size_t off = 0;
+            for (const float* p : parts) {
+                pack_f32x6(p, out, in, v->data() + off);
+                off += f32x6_packed_size(out, in);
+            }
+            owned_x6_.push_back(v);
+            return static_cast<const std::uint16_t*>(v->data());
+        };
+        if (w.wq && w.wk && w.wv && w.bqkv) w.qkv_x = make({w.wq, w.wk, w.wv}, H, H);
+        if (w.wo) w.o_x = make({w.wo}, H, H);
+        if (w.wi) w.i_x = make({w.wi}, I, H);
+        if (w.wo2) w.o2_x = make({w.wo2}, H, I);
+    }
+
     /// A linear weight [out, in] as PACKED_N16 panels: used in place when the blob holds it packed (layout 1),
     /// packed once into memory owned by the encoder when it is row-major (layout 0).
     const float* bind_linear(const blob::reader& r, const std::string& name, std::size_t out, std::size_t in) {
@@ -715,6 +776,7 @@ private:
     std::shared_ptr<detail::thread_pool> pool_;
     std::vector<std::shared_ptr<std::vector<float>>> owned_;  // weights packed at load (row-major blobs only)
     std::vector<std::shared_ptr<std::vector<float>>> owned_bias_;  // concatenated Q|K|V biases (3 H per layer)
+    std::vector<std::shared_ptr<detail::aligned_vector<std::uint16_t>>> owned_x6_;  // F32X6 copies of the f32 linears
     const float* word_ = nullptr;            // f32 word embeddings, or
     const std::uint16_t* word16_ = nullptr;  // f16 ones (docs/FORMAT.md; halves the largest tensor)
     const float* pos_ = nullptr;

@@ -1,0 +1,368 @@
+// bertlet — fp32 GEMM on the AMX tiles as six bf16 products ("bf16x6"; avx512 path on CPUs with AMX-BF16).
+//
+// Why: on an Intel core with AMX the tile unit does 512 bf16 multiply-adds per cycle (tdpbf16ps, fp32
+// accumulation), sixteen times the 32 fp32 multiply-adds of the two 512-bit FMA pipes. An fp32 value x splits
+// exactly into three bf16 parts, x = x0 + x1 + x2 (x0 = bf16(x), x1 = bf16(x - x0), x2 = x - x0 - x1; each part
+// holds the next 8 significant bits, so the sum is exact for every normal float). Then
+//     a * w = a0 w0 + (a0 w1 + a1 w0) + (a0 w2 + a1 w1 + a2 w0) + [a1 w2 + a2 w1 + a2 w2]
+// and the six products before the bracket, each exact in fp32 (8 x 8 significant bits), accumulated in fp32,
+// leave out terms of relative size 2^-24 and below: the same order as fp32's own rounding (Henry, Tang and
+// Heinecke, "Leveraging the bfloat16 AI datatype for higher-precision computations", ARITH 2019: "bf16x6").
+// Measured with random 128 x 384 x 1536 GEMMs: max |error| / sum |a w| against float64 1.0-1.5e-7 here against
+// 0.8-2.8e-7 for the FMA kernel (bench/bertlet_bench_f32x6 prints both). Six tile products still cost 3x fewer
+// cycles than the FMAs (16 tdpbf16ps cycles do 8192 multiply-adds), and the GEMMs run ~1.4x faster in practice
+// (the tiles wait on L2).
+//
+// Weight layout ("F32X6", built at load from the PACKED_N16 panels; 6 bytes per weight): W[N out, K in],
+// N % 32 == 0, K % 32 == 0. Panel p (outputs 16p .. 16p+15), k-step s (k = 32s .. 32s+31), part q: one AMX B tile
+// of 16 rows (k pairs) x 64 bytes, element (k, n) at (k % 32 / 2) * 32 + n % 16 * 2 + k % 2:
+//     offset(n, k, q) = ((n / 16 * (K / 32) + k / 32) * 3 + q) * 512 + (k % 32 / 2) * 32 + (n % 16) * 2 + k % 2
+// Activations are split per call into the same tile order ([row block of 16][k-step][part][16 rows][32 k], rows
+// past M zero) in a caller buffer of f32x6_a_size(M, K) uint16.
+//
+// Blocks: 32 rows (two row tiles; the last 16 rows alone) x 32 columns (two panels): C in tmm0-3, A parts in
+// tmm4-5, B parts in tmm6-7. Per k-step 16 tile loads feed 24 tdpbf16ps in 6 groups of 4 independent products
+// (a tdpbf16ps waits ~50 cycles for its accumulator, 4 apart it never does). The next k-step's tiles (next block's
+// first at the end) are prefetched into L1 between the products: tiles come from L2 at ~60 cycles each and the
+// tile registers are not renamed, so a load that misses L1 stalls the products behind it. Each output element is
+// the same sequence of operations whatever the thread split, so results do not depend on threads. The epilogue
+// (alpha, bias, residual, activation: avx512::act_ps) runs on AVX-512 from a stack copy of the four C tiles.
+//
+// API: f32x6_supported(), f32x6_shape_ok(n, k), f32x6_packed_size(n, k), pack_f32x6(packed_n16, n, k, out),
+// f32x6_a_size(m, k), f32x6_gemm_parallel(pool, args, abuf). Thread-safe, no allocation.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "bertlet/kernels/avx512.hpp"
+#include "bertlet/kernels/cpu.hpp"
+#include "bertlet/kernels/gemm_bf16.hpp"
+#include "bertlet/kernels/gemm_s8.hpp"
+#include "bertlet/kernels/packed.hpp"
+#include "bertlet/kernels/thread_pool.hpp"
+
+#if defined(BERTLET_HAVE_AVX512_PATH) && defined(BERTLET_X86) && (defined(__GNUC__) || defined(__clang__))
+#define BERTLET_F32X6_X86 1
+#define BERTLET_TARGET_F32X6 \
+    __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma,f16c,amx-tile,amx-bf16")))
+#endif
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+
+namespace bertlet {
+
+constexpr bool f32x6_shape_ok(std::size_t n, std::size_t k) noexcept {
+    return n > 0 && k > 0 && n % 32 == 0 && k % 32 == 0;
+}
+constexpr std::size_t f32x6_packed_size(std::size_t n, std::size_t k) noexcept { return 3 * n * k; }
+/// uint16 values of the split activations of an M x K GEMM (rows rounded up to 32).
+constexpr std::size_t f32x6_a_size(std::size_t m, std::size_t k) noexcept { return 3 * ((m + 31) / 32 * 32) * k; }
+
+/// Whether this build, CPU and process can run the bf16x6 fp32 GEMM (AVX-512 + AVX512_BF16 + AMX-BF16, the tile
+/// data granted by the OS; BERTLET_AMX=0 declines it as it declines the int8 AMX path).
+inline bool f32x6_supported(const cpu_features& f = cpu()) noexcept {
+#if defined(BERTLET_F32X6_X86)
+    return f.has_avx512_path() && f.avx512_bf16 && f.amx_bf16 && detail::s8_amx_usable();
+#else
+    (void)f;
+    return false;
+#endif
+}
+
+/// x = p[0] + p[1] + p[2] exactly (bf16 bits; float_to_bf16 rounding, as vcvtneps2bf16).
+inline void f32x6_split(float x, std::uint16_t p[3]) noexcept {
+    for (int q = 0; q < 3; ++q) {
+        p[q] = float_to_bf16(x);
+        x -= bf16_to_float(p[q]);
+    }
+}
+
+/// Packs W (PACKED_N16 panels: panel p holds k rows of 16 floats) into the F32X6 layout (f32x6_shape_ok(n, k)).
+inline void pack_f32x6(const float* wp, std::size_t n, std::size_t k, std::uint16_t* out) {
+    const std::size_t S = k / 32;
+    for (std::size_t p = 0; p < n / 16; ++p)
+        for (std::size_t s = 0; s < S; ++s)
+            for (std::size_t kk = 0; kk < 32; ++kk)
+                for (std::size_t j = 0; j < 16; ++j) {
+                    std::uint16_t v[3];
+                    f32x6_split(wp[p * 16 * k + (s * 32 + kk) * 16 + j], v);
+                    for (std::size_t q = 0; q < 3; ++q)
+                        out[((p * S + s) * 3 + q) * 512 + kk / 2 * 32 + j * 2 + kk % 2] = v[q];
+                }
+}
+
+/// C[M, N] (stride ldc) = epilogue(A[M, K] (stride lda) * W^T), W in the F32X6 layout.
+struct f32x6_args {
+    const float* a = nullptr;
+    std::ptrdiff_t lda = 0;
+    const std::uint16_t* w = nullptr;
+    float* c = nullptr;
+    std::ptrdiff_t ldc = 0;
+    std::ptrdiff_t m = 0, n = 0, k = 0;
+    detail::epilogue ep;
+};
+
+#if defined(BERTLET_F32X6_X86)
+namespace detail {
+
+#define BERTLET_X6_LOAD(t, base)                                                                      \
+    __asm__ volatile("{tileloadd\t(%0,%1,1), %%tmm" #t "|tileloadd\t%%tmm" #t ", [%0+%1*1]}" ::"r"( \
+                         static_cast<const void*>(base)),                                             \
+                     "r"(64L)                                                                         \
+                     : "memory")
+#define BERTLET_X6_STORE(t, base)                                                                      \
+    __asm__ volatile("{tilestored\t%%tmm" #t ", (%0,%1,1)|tilestored\t[%0+%1*1], %%tmm" #t "}" ::"r"( \
+                         static_cast<void*>(base)),                                                    \
+                     "r"(128L)                                                                         \
+                     : "memory")
+#define BERTLET_X6_ZERO(t) __asm__ volatile("tilezero\t%%tmm" #t ::)
+#define BERTLET_X6_DP(c, a, b) \
+    __asm__ volatile("{tdpbf16ps\t%%tmm" #b ", %%tmm" #a ", %%tmm" #c "|tdpbf16ps\t%%tmm" #c ", %%tmm" #a ", %%tmm" #b "}" ::)
+
+BERTLET_TARGET_F32X6 inline void x6_configure() {
+    s8_amx_config c;  // palette 1, 8 tiles of 16 rows x 64 bytes
+    for (int t = 0; t < 8; ++t) {
+        c.colsb[t] = 64;
+        c.rows[t] = 16;
+    }
+    __asm__ volatile("ldtilecfg\t%0" ::"m"(c) : "memory");
+}
+BERTLET_TARGET_F32X6 inline void x6_release() { __asm__ volatile("tilerelease" ::: "memory"); }
+
+BERTLET_TARGET_F32X6 inline __m512 x6_widen(__m256bh h) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(reinterpret_cast<__m256i>(h)), 16));
+}
+
+/// Splits rows of row blocks [rb0, rb1) (16 rows each; rows >= M zero) into the tile order.
+BERTLET_TARGET_F32X6 inline void x6_split_rows(const float* a, std::ptrdiff_t lda, std::ptrdiff_t M, std::ptrdiff_t K,
+                                               std::ptrdiff_t rb0, std::ptrdiff_t rb1, std::uint16_t* at) {
+    const std::ptrdiff_t S = K / 32;
+    for (std::ptrdiff_t rb = rb0; rb < rb1; ++rb)
+        for (std::ptrdiff_t s = 0; s < S; ++s) {
+            std::uint16_t* d = at + (rb * S + s) * 1536;
+            for (std::ptrdiff_t i = 0; i < 16; ++i) {
+                const std::ptrdiff_t row = rb * 16 + i;
+                if (row >= M) {
+                    for (int q = 0; q < 3; ++q) _mm512_storeu_si512(d + q * 512 + i * 32, _mm512_setzero_si512());
+                    continue;
+                }
+                __m512 x0 = _mm512_loadu_ps(a + row * lda + s * 32), x1 = _mm512_loadu_ps(a + row * lda + s * 32 + 16);
+                for (int q = 0; q < 3; ++q) {
+                    const __m256bh h0 = _mm512_cvtneps_pbh(x0), h1 = _mm512_cvtneps_pbh(x1);
+                    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + q * 512 + i * 32), reinterpret_cast<__m256i>(h0));
+                    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + q * 512 + i * 32 + 16),
+                                        reinterpret_cast<__m256i>(h1));
+                    x0 = _mm512_sub_ps(x0, x6_widen(h0));
+                    x1 = _mm512_sub_ps(x1, x6_widen(h1));
+                }
+            }
+        }
+}
+
+/// The epilogue of one block from its stack copy (rows x 32 floats, row stride 32).
+BERTLET_TARGET_F32X6 inline void x6_finish(const f32x6_args& g, std::ptrdiff_t m, std::ptrdiff_t col, int rows,
+                                           const float* buf) {
+    const epilogue& ep = g.ep;
+    const __m512 alpha = _mm512_set1_ps(ep.alpha);
+    const bool scale = ep.alpha != 1.0f;
+    __m512 b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps();
+    if (ep.bias) {
+        b0 = _mm512_loadu_ps(ep.bias + col);
+        b1 = _mm512_loadu_ps(ep.bias + col + 16);
+    }
+    for (int i = 0; i < rows; ++i) {
+        __m512 v0 = _mm512_load_ps(buf + i * 32), v1 = _mm512_load_ps(buf + i * 32 + 16);
+        if (scale) {
+            v0 = _mm512_mul_ps(v0, alpha);
+            v1 = _mm512_mul_ps(v1, alpha);
+        }
+        v0 = _mm512_add_ps(v0, b0);
+        v1 = _mm512_add_ps(v1, b1);
+        if (ep.residual) {
+            const float* r = ep.residual + (m + i) * ep.ldr + col;
+            v0 = _mm512_add_ps(v0, _mm512_loadu_ps(r));
+            v1 = _mm512_add_ps(v1, _mm512_loadu_ps(r + 16));
+        }
+        if (ep.act != activation::none) {
+            v0 = avx512::act_ps(v0, ep.act);
+            v1 = avx512::act_ps(v1, ep.act);
+        }
+        float* c = g.c + (m + i) * g.ldc + col;
+        _mm512_storeu_ps(c, v0);
+        _mm512_storeu_ps(c + 16, v1);
+    }
+}
+
+// Software prefetch of the next k-step's tiles: nq tiles of 48 lines each (3 KB: the three parts), `per` lines
+// after each product.
+struct x6_prefetch {
+    const char* q[4];
+    int nq = 0, line = 0;
+    __attribute__((always_inline)) inline void step(int per) {
+        for (int z = 0; z < per; ++z, ++line)
+            if (line < nq * 48) _mm_prefetch(q[line / 48] + (line % 48) * 64, _MM_HINT_T0);
+    }
+};
+
+/// Blocks of RB row tiles x 2 panels: row blocks [rb0, rb1) (16 rows each; a multiple of RB) x panel pairs
+/// [pp0, pp1), pairs outer.
+template <int RB>
+BERTLET_TARGET_F32X6 void x6_blocks(const f32x6_args& g, const std::uint16_t* at, std::ptrdiff_t rb0,
+                                    std::ptrdiff_t rb1, std::ptrdiff_t pp0, std::ptrdiff_t pp1) {
+    const std::ptrdiff_t S = g.k / 32;
+    const std::ptrdiff_t ts = S * 1536;  // uint16 per row block of A / per panel of W
+    alignas(64) float buf[RB * 16 * 32];
+    constexpr int per = RB == 2 ? 8 : 12;  // (RB + 2) * 48 lines over 4 * 6 * RB / 2 ... products
+    for (std::ptrdiff_t pp = pp0; pp < pp1; ++pp)
+        for (std::ptrdiff_t rb = rb0; rb < rb1; rb += RB) {
+            const std::uint16_t* a0 = at + rb * ts;
+            const std::uint16_t* w0 = g.w + 2 * pp * ts;
+            // the block after this one (for the prefetch of its first k-step)
+            std::ptrdiff_t nrb = rb + RB, npp = pp;
+            if (nrb >= rb1) nrb = rb0, npp = pp + 1 < pp1 ? pp + 1 : pp;
+            BERTLET_X6_ZERO(0);
+            BERTLET_X6_ZERO(1);
+            if constexpr (RB == 2) {
+                BERTLET_X6_ZERO(2);
+                BERTLET_X6_ZERO(3);
+            }
+            for (std::ptrdiff_t s = 0; s < S; ++s) {
+                const std::uint16_t* a = a0 + s * 1536;
+                const std::uint16_t* b0 = w0 + s * 1536;
+                const std::uint16_t* b1 = b0 + ts;
+                x6_prefetch pf;
+                const std::uint16_t *pa, *pw;
+                if (s + 1 < S) pa = a + 1536, pw = b0 + 1536;
+                else pa = at + nrb * ts, pw = g.w + 2 * npp * ts;
+                pf.q[pf.nq++] = reinterpret_cast<const char*>(pa);
+                if constexpr (RB == 2) pf.q[pf.nq++] = reinterpret_cast<const char*>(pa + ts);
+                pf.q[pf.nq++] = reinterpret_cast<const char*>(pw);
+                pf.q[pf.nq++] = reinterpret_cast<const char*>(pw + ts);
+                if constexpr (RB == 2) {
+#define BERTLET_X6_A(q)                  \
+    BERTLET_X6_LOAD(4, a + (q) * 512); \
+    BERTLET_X6_LOAD(5, a + ts + (q) * 512);
+#define BERTLET_X6_B(q)                   \
+    BERTLET_X6_LOAD(6, b0 + (q) * 512); \
+    BERTLET_X6_LOAD(7, b1 + (q) * 512);
+#define BERTLET_X6_P4         \
+    BERTLET_X6_DP(0, 4, 6);   \
+    pf.step(per);             \
+    BERTLET_X6_DP(1, 4, 7);   \
+    pf.step(per);             \
+    BERTLET_X6_DP(2, 5, 6);   \
+    pf.step(per);             \
+    BERTLET_X6_DP(3, 5, 7);   \
+    pf.step(per);
+                    BERTLET_X6_A(0) BERTLET_X6_B(0) BERTLET_X6_P4  // a0 w0
+                    BERTLET_X6_B(1) BERTLET_X6_P4                  // a0 w1
+                    BERTLET_X6_B(2) BERTLET_X6_P4                  // a0 w2
+                    BERTLET_X6_A(1) BERTLET_X6_B(0) BERTLET_X6_P4  // a1 w0
+                    BERTLET_X6_B(1) BERTLET_X6_P4                  // a1 w1
+                    BERTLET_X6_A(2) BERTLET_X6_B(0) BERTLET_X6_P4  // a2 w0
+#undef BERTLET_X6_A
+#undef BERTLET_X6_B
+#undef BERTLET_X6_P4
+                } else {  // one row tile: A parts in tmm2-4, B in tmm5-6 (C0, C1 alternate)
+#define BERTLET_X6_P2(b, bq)               \
+    BERTLET_X6_LOAD(5, b0 + (bq) * 512); \
+    BERTLET_X6_LOAD(6, b1 + (bq) * 512);
+                    BERTLET_X6_LOAD(2, a);
+                    BERTLET_X6_LOAD(3, a + 512);
+                    BERTLET_X6_LOAD(4, a + 1024);
+                    BERTLET_X6_P2(0, 0)
+                    BERTLET_X6_DP(0, 2, 5);
+                    pf.step(per);
+                    BERTLET_X6_DP(1, 2, 6);
+                    pf.step(per);
+                    BERTLET_X6_DP(0, 3, 5);
+                    pf.step(per);
+                    BERTLET_X6_DP(1, 3, 6);
+                    pf.step(per);
+                    BERTLET_X6_DP(0, 4, 5);
+                    pf.step(per);
+                    BERTLET_X6_DP(1, 4, 6);
+                    pf.step(per);
+                    BERTLET_X6_P2(0, 1)
+                    BERTLET_X6_DP(0, 2, 5);
+                    pf.step(per);
+                    BERTLET_X6_DP(1, 2, 6);
+                    pf.step(per);
+                    BERTLET_X6_DP(0, 3, 5);
+                    pf.step(per);
+                    BERTLET_X6_DP(1, 3, 6);
+                    pf.step(per);
+                    BERTLET_X6_P2(0, 2)
+                    BERTLET_X6_DP(0, 2, 5);
+                    pf.step(per);
+                    BERTLET_X6_DP(1, 2, 6);
+                    pf.step(per);
+#undef BERTLET_X6_P2
+                }
+            }
+            BERTLET_X6_STORE(0, buf);
+            BERTLET_X6_STORE(1, buf + 16);
+            if constexpr (RB == 2) {
+                BERTLET_X6_STORE(2, buf + 512);
+                BERTLET_X6_STORE(3, buf + 512 + 16);
+            }
+            const std::ptrdiff_t m = rb * 16;
+            const int rows = static_cast<int>(std::min<std::ptrdiff_t>(RB * 16, g.m - m));
+            x6_finish(g, m, pp * 32, rows, buf);
+        }
+}
+
+#undef BERTLET_X6_LOAD
+#undef BERTLET_X6_STORE
+#undef BERTLET_X6_ZERO
+#undef BERTLET_X6_DP
+
+}  // namespace detail
+#endif  // BERTLET_F32X6_X86
+
+/// Runs C = epilogue(A W^T) over the pool: A split once (row blocks over the tasks), then the panel pairs split
+/// over the tasks. abuf: f32x6_a_size(m, k) uint16. Needs f32x6_supported() and f32x6_shape_ok(n, k); m >= 1.
+inline void f32x6_gemm_parallel(detail::thread_pool* pool, const f32x6_args& g, std::uint16_t* abuf) {
+#if defined(BERTLET_F32X6_X86)
+    const std::ptrdiff_t nrb = (g.m + 15) / 16, npp = g.n / 32;
+    const std::ptrdiff_t threads = pool ? static_cast<std::ptrdiff_t>(pool->size()) : 1;
+    auto blocks = [&](std::ptrdiff_t pp0, std::ptrdiff_t pp1) {
+        detail::x6_configure();
+        const std::ptrdiff_t even = nrb / 2 * 2;
+        if (even > 0) detail::x6_blocks<2>(g, abuf, 0, even, pp0, pp1);
+        if (even < nrb) detail::x6_blocks<1>(g, abuf, even, nrb, pp0, pp1);
+        detail::x6_release();
+    };
+    if (threads <= 1) {
+        detail::x6_split_rows(g.a, g.lda, g.m, g.k, 0, nrb, abuf);
+        blocks(0, npp);
+        return;
+    }
+    const std::ptrdiff_t ts = std::min(threads, nrb);
+    pool->run(static_cast<std::size_t>(ts), [&](std::size_t t, std::size_t) {
+        const std::ptrdiff_t i = static_cast<std::ptrdiff_t>(t);
+        detail::x6_split_rows(g.a, g.lda, g.m, g.k, nrb * i / ts, nrb * (i + 1) / ts, abuf);
+    });
+    const std::ptrdiff_t tp = std::min(threads, npp);
+    pool->run(static_cast<std::size_t>(tp), [&](std::size_t t, std::size_t) {
+        const std::ptrdiff_t i = static_cast<std::ptrdiff_t>(t);
+        blocks(npp * i / tp, npp * (i + 1) / tp);
+    });
+#else
+    (void)pool, (void)g, (void)abuf;
+    throw input_error(errc::bad_argument, "f32x6_gemm_parallel: not supported by this build");
+#endif
+}
+
+}  // namespace bertlet
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
