@@ -146,8 +146,10 @@ struct exec_context {
 /// it runs inside the pool job that quantizes those rows and computes their Q, K, V (one pool round trip less).
 template <class Shape>
 struct encoder_block {
-    /// Fewer rows than this run the FMA kernels even when the AMX bf16x6 weights exist (a block is 16 rows).
-    static constexpr std::ptrdiff_t x6_min_rows = 16;
+    /// Fewer rows than this run the FMA kernels even when the AMX bf16x6 weights exist: its blocks are 32 rows
+    /// (zero-padded), so 16 rows cost as much as 32 (seq 16, batch 1: 2.5 ms against 2.1 ms on the FMA kernels;
+    /// seq 24: 2.6 against 2.85 ms).
+    static constexpr std::ptrdiff_t x6_min_rows = 24;
     static void forward(const Shape& s, const layer_weights& w, float eps, detail::gelu_kind act,
                         const sequence_span* seqs, std::size_t nseq, std::size_t tokens, workspace& ws,
                         const detail::exec_context& ex, const float* in_ln_g, const float* in_ln_b,
