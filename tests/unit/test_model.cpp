@@ -567,6 +567,12 @@ TEST_CASE("bf16x6 fp32 linears (AMX-BF16): thread counts give the same bits, clo
         for (std::size_t i = 0; i < texts.size(); ++i)
             CHECK(std::memcmp(got[i].data(), want[i].data(), want[i].size() * sizeof(float)) == 0);
     }
+    for (const std::size_t g : {1u, 7u, 12u, 40u}) {  // groups of sequences: the call decides the path, same bits
+        CAPTURE(g);
+        bertlet::load_options lo = one;
+        lo.group_tokens = g;
+        CHECK(bertlet::embedder::from_bytes(tiny_blob(m), lo).embed_batch(texts) == want);
+    }
     bertlet::load_options fma = one;
     fma.amx = false;
     const auto e2 = bertlet::embedder::from_bytes(tiny_blob(m), fma);

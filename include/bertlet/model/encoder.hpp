@@ -135,6 +135,7 @@ struct exec_context {
     s8_path s8 = s8_path::scalar;  // the int8 GEMM path that goes with k's ISA
     bool bf16_attention = false;   // attention matmuls in bf16 (int8 models on AVX512_BF16 CPUs; docs/INT8.md)
     bool s8_attention = false;     // attention matmuls in int8 (int8 models on AVX-512 VNNI; kernels/attention_s8.hpp)
+    bool f32_amx = false;          // this call's f32 linears on the AMX bf16x6 weights (layer_weights::*_x)
 };
 }  // namespace detail
 
@@ -146,10 +147,6 @@ struct exec_context {
 /// it runs inside the pool job that quantizes those rows and computes their Q, K, V (one pool round trip less).
 template <class Shape>
 struct encoder_block {
-    /// Fewer rows than this run the FMA kernels even when the AMX bf16x6 weights exist: its blocks are 32 rows
-    /// (zero-padded), so 16 rows cost as much as 32 (seq 16, batch 1: 2.5 ms against 2.1 ms on the FMA kernels;
-    /// seq 24: 2.6 against 2.85 ms).
-    static constexpr std::ptrdiff_t x6_min_rows = 24;
     static void forward(const Shape& s, const layer_weights& w, float eps, detail::gelu_kind act,
                         const sequence_span* seqs, std::size_t nseq, std::size_t tokens, workspace& ws,
                         const detail::exec_context& ex, const float* in_ln_g, const float* in_ln_b,
@@ -223,7 +220,7 @@ struct encoder_block {
                                           rows_layernorm(K, ln_x, in, ln_g, ln_b, eps));
                 return;
             }
-            if (wx && T >= x6_min_rows) {  // f32 weights on the AMX tiles as six bf16 products
+            if (wx && ex.f32_amx) {  // f32 weights on the AMX tiles as six bf16 products
                 run_x6(a, in, wx, ep, y, out);
                 return;
             }
@@ -262,7 +259,7 @@ struct encoder_block {
             quantize_gemm_s8_parallel(ex.pool, ex.s8, x, static_cast<std::size_t>(T), static_cast<std::size_t>(H),
                                       static_cast<std::size_t>(H), w.as_q, ws.s8_.data(), g, 3,
                                       rows_layernorm(K, in_ln_g ? x : nullptr, H, in_ln_g, in_ln_b, eps));
-        } else if (w.qkv_x && T >= x6_min_rows) {
+        } else if (w.qkv_x && ex.f32_amx) {
             run_x6(x, H, w.qkv_x, detail::epilogue{1.0f, w.bqkv}, q, 3 * H);
         } else if (w.bqkv) {  // one GEMM over [Wq; Wk; Wv] (f32 or bf16 panels): A is packed once
             const detail::epilogue ep{1.0f, w.bqkv};
@@ -512,6 +509,11 @@ public:
     /// True if the f32 linears run on the AMX tiles as six bf16 products (kernels/gemm_f32x6.hpp; batches of at
     /// least 16 tokens; CPUs with AMX-BF16 unless declined by load_options::amx / BERTLET_AMX=0).
     bool f32_amx() const noexcept { return !owned_x6_.empty(); }
+    /// Forward calls with fewer tokens than this run the FMA kernels even where f32_amx(): the tile blocks are 32
+    /// rows (zero-padded), so 16 rows cost as much as 32 (seq 16, batch 1: 2.5 ms against 2.1 ms on the FMA kernels;
+    /// seq 24: 2.6 against 2.85 ms). Such a call's results then differ from the same texts inside a larger call in
+    /// the last bits (~3e-7; both are as close to float64 as fp32 GEMMs get).
+    static constexpr std::size_t f32_amx_min_tokens = 24;
 
     /// Runs the encoder over a packed batch. ids/type_ids hold `tokens` entries; seqs describe the sequences.
     /// Returns a pointer to the final hidden states [tokens, H] inside `ws` (valid until its next use).
@@ -555,7 +557,10 @@ public:
                 kernels_->add3(x + t * H, wrow, pos_ + p * H, type_ + tt * H, static_cast<std::ptrdiff_t>(H));
             }
         }
-        const detail::exec_context ex{kernels_, pool_.get(), s8_, bf16_attention_, s8_attention_};
+        // calls of fewer than f32_amx_min_tokens tokens run the FMA kernels (decided per call, not per group of
+        // sequences, so the grouping never changes a bit)
+        const detail::exec_context ex{kernels_, pool_.get(), s8_, bf16_attention_, s8_attention_,
+                                      f32_amx() && tokens >= f32_amx_min_tokens};
         run_layers(seqs, nseq, tokens, ws, ex);  // the embeddings' LayerNorm runs as the first block's in_ln
         return ws.x_.data();
     }
