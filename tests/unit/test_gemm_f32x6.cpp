@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <iterator>
 #include <limits>
 #include <random>
 #include <string>
@@ -101,9 +102,20 @@ TEST_CASE("f32x6: every normal float splits exactly into three bf16 parts") {
     CHECK((z[0] == 0 && z[1] == 0 && z[2] == 0));
 }
 
-TEST_CASE("f32x6: F32X6 packing follows its layout formula") {
+TEST_CASE("f32x6: F32X6 packing follows its layout formula; the fast packer writes the reference's bytes") {
     const std::ptrdiff_t N = 64, K = 96;
-    const problem p = make(1, N, K, 5);
+    problem p = make(1, N, K, 5);
+    {  // special values: the reference and the fast packer must agree on them too
+        std::vector<float> w = p.W;
+        const float sp[] = {0.f, -0.f, 1e-40f, -3e-39f, std::numeric_limits<float>::infinity(), 3.3e38f, 1e-30f, 65504.f};
+        for (std::size_t i = 0; i < std::size(sp); ++i) w[i * 37] = sp[i];
+        std::vector<float> packed(bertlet::detail::packed_n16_size(std::size_t(N), std::size_t(K)));
+        bertlet::detail::pack_n16(w.data(), N, K, K, packed.data());
+        std::vector<std::uint16_t> a(bertlet::f32x6_packed_size(std::size_t(N), std::size_t(K))), b(a.size());
+        bertlet::pack_f32x6(packed.data(), std::size_t(N), std::size_t(K), a.data());
+        bertlet::pack_f32x6_ref(packed.data(), std::size_t(N), std::size_t(K), b.data());
+        CHECK(a == b);
+    }
     for (std::ptrdiff_t n = 0; n < N; ++n)
         for (std::ptrdiff_t k = 0; k < K; ++k) {
             std::uint16_t parts[3];

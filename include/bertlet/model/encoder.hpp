@@ -733,14 +733,18 @@ private:
     /// The F32X6 copies of a layer's f32 linears (Q, K and V as one weight of 3H outputs); int8 / bf16 ones keep theirs.
     void bind_f32x6(layer_weights& w, std::size_t H, std::size_t I) {
         auto make = [&](std::initializer_list<const float*> parts, std::size_t out, std::size_t in) {
-            auto v = std::make_shared<detail::aligned_vector<std::uint16_t>>(f32x6_packed_size(out * parts.size(), in));
+            // 64-byte aligned (tile rows on cache lines), not zero-filled first (every byte is written by the packer)
+            const std::size_t n = f32x6_packed_size(out * parts.size(), in);
+            std::shared_ptr<std::uint16_t> v(
+                static_cast<std::uint16_t*>(::operator new(n * sizeof(std::uint16_t), std::align_val_t(64))),
+                [](std::uint16_t* q) { ::operator delete(q, std::align_val_t(64)); });
             std::size_t off = 0;
             for (const float* p : parts) {
-                pack_f32x6(p, out, in, v->data() + off);
+                pack_f32x6(p, out, in, v.get() + off);
                 off += f32x6_packed_size(out, in);
             }
             owned_x6_.push_back(v);
-            return static_cast<const std::uint16_t*>(v->data());
+            return static_cast<const std::uint16_t*>(v.get());
         };
         if (w.wq && w.wk && w.wv && w.bqkv) w.qkv_x = make({w.wq, w.wk, w.wv}, H, H);
         if (w.wo) w.o_x = make({w.wo}, H, H);
@@ -783,7 +787,7 @@ private:
     std::shared_ptr<detail::thread_pool> pool_;
     std::vector<std::shared_ptr<std::vector<float>>> owned_;  // weights packed at load (row-major blobs only)
     std::vector<std::shared_ptr<std::vector<float>>> owned_bias_;  // concatenated Q|K|V biases (3 H per layer)
-    std::vector<std::shared_ptr<detail::aligned_vector<std::uint16_t>>> owned_x6_;  // F32X6 copies of the f32 linears
+    std::vector<std::shared_ptr<std::uint16_t>> owned_x6_;  // F32X6 copies of the f32 linears
     const float* word_ = nullptr;            // f32 word embeddings, or
     const std::uint16_t* word16_ = nullptr;  // f16 ones (docs/FORMAT.md; halves the largest tensor)
     const float* pos_ = nullptr;
