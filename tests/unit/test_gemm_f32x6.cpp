@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "bertlet/kernels/gemm_f32x6.hpp"
+#include "bertlet/kernels/gemm_bf16.hpp"
 
 namespace {
 
@@ -204,5 +205,57 @@ TEST_CASE("f32x6: a non-finite input gives non-finite outputs in its row, never 
         CHECK(!std::isfinite(C[std::size_t(5 * 32 + j)]));
         CHECK(std::isnan(C[std::size_t(20 * 32 + j)]));
         CHECK(std::isfinite(C[std::size_t(4 * 32 + j)]));
+    }
+}
+
+TEST_CASE("f32x6: bf16 weights (BF16P16K2 panels as tiles): exact products of bf16-rounded A, fp32 sums; segments") {
+    if (!amx_here("f32x6 bf16 weights")) return;
+    for (const std::ptrdiff_t M : {1, 17, 64, 100}) {
+        const std::ptrdiff_t N = 96, K = 384;
+        CAPTURE(M);
+        const auto A = gaussian(std::size_t(M * K), 21, 1.f), W = gaussian(std::size_t(N * K), 22, 0.05f),
+                   b = gaussian(std::size_t(N), 23, 0.1f);
+        bertlet::detail::aligned_vector<std::uint16_t> wp(bertlet::bf16_packed_size(std::size_t(N), std::size_t(K)));
+        bertlet::pack_bf16(W.data(), N, K, K, wp.data());
+        bertlet::detail::aligned_vector<std::uint16_t> abuf(bertlet::f32x6_a_size(std::size_t(M), std::size_t(K)));
+        std::vector<float> C(std::size_t(M * N)), C3(std::size_t(M * N));
+        bertlet::f32x6_args g;
+        g.a = A.data();
+        g.lda = K;
+        g.w = wp.data();
+        g.c = C.data();
+        g.ldc = N;
+        g.m = M;
+        g.n = N;
+        g.k = K;
+        g.ep.bias = b.data();
+        g.bf16 = true;
+        bertlet::f32x6_gemm_parallel(nullptr, g, abuf.data());
+        double worst = 0;
+        for (std::ptrdiff_t i = 0; i < M; ++i)
+            for (std::ptrdiff_t j = 0; j < N; ++j) {
+                double acc = b[std::size_t(j)], mag = std::fabs(b[std::size_t(j)]);
+                for (std::ptrdiff_t k = 0; k < K; ++k) {
+                    const double t = double(bertlet::bf16_to_float(bertlet::float_to_bf16(A[std::size_t(i * K + k)]))) *
+                                     bertlet::bf16_to_float(bertlet::float_to_bf16(W[std::size_t(j * K + k)]));
+                    acc += t;
+                    mag += std::fabs(t);
+                }
+                worst = std::max(worst, std::fabs(C[std::size_t(i * N + j)] - acc) / mag);
+            }
+        CHECK(worst < 5e-7);  // bf16 rounding of A is part of the reference: only the fp32 sums differ
+        // the same weight as three segments of 32 outputs: the same bits
+        std::vector<bertlet::detail::aligned_vector<std::uint16_t>> parts(3);
+        for (int s = 0; s < 3; ++s) {
+            parts[std::size_t(s)].resize(bertlet::bf16_packed_size(32, std::size_t(K)));
+            bertlet::pack_bf16(W.data() + s * 32 * K, 32, K, K, parts[std::size_t(s)].data());
+            g.wseg[s] = parts[std::size_t(s)].data();
+        }
+        g.w = nullptr;
+        g.seg_panels = 2;
+        g.c = C3.data();
+        bertlet::detail::thread_pool pool(2);
+        bertlet::f32x6_gemm_parallel(&pool, g, abuf.data());
+        CHECK(std::memcmp(C.data(), C3.data(), C.size() * sizeof(float)) == 0);
     }
 }

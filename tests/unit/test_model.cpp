@@ -350,15 +350,24 @@ TEST_CASE("bf16 (layout 3) linear weights: AVX512_BF16 kernels where available, 
         hk.bf16_linear = true;
         const auto bytes = tiny_blob(m, hk);
         std::vector<float> widened;
+        std::vector<std::pair<bertlet::isa, bool>> runs;  // on AMX-BF16 CPUs: with and without the tiles
         for (const auto arch : bertlet::detail::available_isas()) {
+            runs.emplace_back(arch, false);
+            if (arch == bertlet::isa::avx512 && bertlet::f32x6_supported()) runs.emplace_back(arch, true);
+        }
+        for (const auto& [arch, amx] : runs) {
             CAPTURE(bertlet::isa_name(arch));
+            CAPTURE(amx);
             bertlet::load_options lo;
             lo.arch = arch;
+            lo.amx = amx;
             const auto e = bertlet::embedder::from_bytes(bytes, lo);
             const bool kernels = arch == bertlet::isa::avx512 && bertlet::bf16_supported();
             CHECK(e.model_encoder().bf16_kernels() == kernels);
+            CHECK(e.model_encoder().bf16_amx() == (amx && s.H % 32 == 0 && s.I % 32 == 0));
             CHECK(e.model_encoder().prepacked() == kernels);  // widening packs f32 panels at load
-            for (const char* text : {"the cat sat on the mat.", "dogs running!"}) {
+            for (const char* text : {"the cat sat on the mat.", "dogs running!",
+                                     "the the the the the the the the the the the the the the the the the"}) {
                 CAPTURE(text);
                 const auto got = e.embed(text);
                 const auto ref = reference_embed(r, e.tokenizer().encode(text).ids);

@@ -28,6 +28,11 @@
 // the same sequence of operations whatever the thread split, so results do not depend on threads. The epilogue
 // (alpha, bias, residual, activation: avx512::act_ps) runs on AVX-512 from a stack copy of the four C tiles.
 //
+// bf16 weights (f32x6_args::bf16; bf16 blobs, layout 3): their BF16P16K2 panels (gemm_bf16.hpp) are AMX B tiles as
+// they are (16 k-pair rows of 64 bytes per k-step), so they are used in place from the mmap; A is rounded to bf16 (one
+// part) and each block and k-step is one tile product per C tile: the semantics of gemm_bf16 (exact products, fp32
+// sums), one tdpbf16ps where bf16x6 does six.
+//
 // API: f32x6_supported(), f32x6_shape_ok(n, k), f32x6_packed_size(n, k), pack_f32x6(packed_n16, n, k, out),
 // f32x6_a_size(m, k), f32x6_gemm_parallel(pool, args, abuf). Thread-safe, no allocation.
 #pragma once
@@ -138,6 +143,10 @@ inline void pack_f32x6_ref(const float* wp, std::size_t n, std::size_t k, std::u
 }
 
 /// C[M, N] (stride ldc) = epilogue(A[M, K] (stride lda) * W^T), W in the F32X6 layout.
+/// bf16 = true: W is bf16 weights in the BF16P16K2 layout (gemm_bf16.hpp; its 64-byte k-pair rows are AMX B tiles
+/// as they are) and A is rounded to bf16 (one part): one tile product per block and k-step, the semantics of
+/// gemm_bf16 (exact products, fp32 accumulation). wseg / seg_panels: W made of up to 3 separately stored weights of
+/// seg_panels panels each (an even count), as gemm_bf16_args::bseg (Q, K and V as one GEMM).
 struct f32x6_args {
     const float* a = nullptr;
     std::ptrdiff_t lda = 0;
@@ -146,6 +155,15 @@ struct f32x6_args {
     std::ptrdiff_t ldc = 0;
     std::ptrdiff_t m = 0, n = 0, k = 0;
     detail::epilogue ep;
+    bool bf16 = false;
+    const std::uint16_t* wseg[3] = {nullptr, nullptr, nullptr};
+    std::ptrdiff_t seg_panels = 0;
+
+    /// Start of weight panel p (16 outputs).
+    const std::uint16_t* panel(std::ptrdiff_t p) const noexcept {
+        const std::ptrdiff_t ps = bf16 ? 16 * k : 3 * 16 * k;  // K % 32 == 0: Kp = K
+        return seg_panels ? wseg[p / seg_panels] + (p % seg_panels) * ps : w + p * ps;
+    }
 };
 
 #if defined(BERTLET_F32X6_X86)
@@ -180,20 +198,21 @@ BERTLET_TARGET_F32X6 inline __m512 x6_widen(__m256bh h) {
 }
 
 /// Splits rows of row blocks [rb0, rb1) (16 rows each; rows >= M zero) into the tile order.
+template <int P>
 BERTLET_TARGET_F32X6 inline void x6_split_rows(const float* a, std::ptrdiff_t lda, std::ptrdiff_t M, std::ptrdiff_t K,
                                                std::ptrdiff_t rb0, std::ptrdiff_t rb1, std::uint16_t* at) {
     const std::ptrdiff_t S = K / 32;
     for (std::ptrdiff_t rb = rb0; rb < rb1; ++rb)
         for (std::ptrdiff_t s = 0; s < S; ++s) {
-            std::uint16_t* d = at + (rb * S + s) * 1536;
+            std::uint16_t* d = at + (rb * S + s) * (P * 512);
             for (std::ptrdiff_t i = 0; i < 16; ++i) {
                 const std::ptrdiff_t row = rb * 16 + i;
                 if (row >= M) {
-                    for (int q = 0; q < 3; ++q) _mm512_storeu_si512(d + q * 512 + i * 32, _mm512_setzero_si512());
+                    for (int q = 0; q < P; ++q) _mm512_storeu_si512(d + q * 512 + i * 32, _mm512_setzero_si512());
                     continue;
                 }
                 __m512 x0 = _mm512_loadu_ps(a + row * lda + s * 32), x1 = _mm512_loadu_ps(a + row * lda + s * 32 + 16);
-                for (int q = 0; q < 3; ++q) {
+                for (int q = 0; q < P; ++q) {
                     const __m256bh h0 = _mm512_cvtneps_pbh(x0), h1 = _mm512_cvtneps_pbh(x1);
                     _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + q * 512 + i * 32), reinterpret_cast<__m256i>(h0));
                     _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + q * 512 + i * 32 + 16),
@@ -239,27 +258,33 @@ BERTLET_TARGET_F32X6 inline void x6_finish(const f32x6_args& g, std::ptrdiff_t m
     }
 }
 
-// Software prefetch of the next k-step's tiles (four tiles of the three parts: 4 x 48 lines), 8 lines after each of
-// the step's 24 products.
+// Software prefetch of the next k-step's tiles: four row / panel tiles of P parts (4 x 16P lines), spread over the
+// step's 4P^2 products (P = 3: 8 lines after each of 24; P = 1: 16 after each of 4).
+template <int P>
 struct x6_prefetch {
+    static constexpr int lines = 16 * P, per = 16 / P;
     const char* q[4];
     int line = 0;
     __attribute__((always_inline)) inline void step() {
-#pragma GCC unroll 8
-        for (int z = 0; z < 8; ++z, ++line) _mm_prefetch(q[line / 48] + (line % 48) * 64, _MM_HINT_T0);
+#pragma GCC unroll 16
+        for (int z = 0; z < per; ++z, ++line) _mm_prefetch(q[line / lines] + (line % lines) * 64, _MM_HINT_T0);
     }
 };
 
 /// Blocks of 32 rows x 2 panels: 16-row blocks [rb0, rb1) (an even count) x panel pairs [pp0, pp1), pairs outer.
-BERTLET_TARGET_F32X6 inline void x6_blocks(const f32x6_args& g, const std::uint16_t* at, std::ptrdiff_t rb0,
-                                           std::ptrdiff_t rb1, std::ptrdiff_t pp0, std::ptrdiff_t pp1) {
+/// P = 3: bf16x6 (F32X6 weights, A in three parts); P = 1: bf16 weights (BF16P16K2), A rounded to bf16.
+template <int P>
+BERTLET_TARGET_F32X6 void x6_blocks(const f32x6_args& g, const std::uint16_t* at, std::ptrdiff_t rb0,
+                                    std::ptrdiff_t rb1, std::ptrdiff_t pp0, std::ptrdiff_t pp1) {
     const std::ptrdiff_t S = g.k / 32;
-    const std::ptrdiff_t ts = S * 1536;  // uint16 per 16-row block of A / per panel of W
+    const std::ptrdiff_t ts = S * P * 512;  // uint16 per 16-row block of A (and per panel of F32X6 W)
+    constexpr std::ptrdiff_t st = P * 512;  // per k-step of both
     alignas(64) float buf[32 * 32];
     for (std::ptrdiff_t pp = pp0; pp < pp1; ++pp)
         for (std::ptrdiff_t rb = rb0; rb < rb1; rb += 2) {
             const std::uint16_t* a0 = at + rb * ts;
-            const std::uint16_t* w0 = g.w + 2 * pp * ts;
+            const std::uint16_t* w0 = g.panel(2 * pp);
+            const std::uint16_t* w1 = g.panel(2 * pp + 1);
             // the block after this one (the prefetch of its first k-step)
             std::ptrdiff_t nrb = rb + 2, npp = pp;
             if (nrb >= rb1) nrb = rb0, npp = pp + 1 < pp1 ? pp + 1 : pp;
@@ -267,15 +292,17 @@ BERTLET_TARGET_F32X6 inline void x6_blocks(const f32x6_args& g, const std::uint1
             BERTLET_X6_ZERO(1);
             BERTLET_X6_ZERO(2);
             BERTLET_X6_ZERO(3);
+            const std::uint16_t* nw0 = g.panel(2 * npp);
+            const std::uint16_t* nw1 = g.panel(2 * npp + 1);
             for (std::ptrdiff_t s = 0; s < S; ++s) {
-                const std::uint16_t* a = a0 + s * 1536;
-                const std::uint16_t* b0 = w0 + s * 1536;
-                const std::uint16_t* b1 = b0 + ts;
-                const std::uint16_t *pa, *pw;
-                if (s + 1 < S) pa = a + 1536, pw = b0 + 1536;
-                else pa = at + nrb * ts, pw = g.w + 2 * npp * ts;
-                x6_prefetch pf{{reinterpret_cast<const char*>(pa), reinterpret_cast<const char*>(pa + ts),
-                                reinterpret_cast<const char*>(pw), reinterpret_cast<const char*>(pw + ts)}};
+                const std::uint16_t* a = a0 + s * st;
+                const std::uint16_t* b0 = w0 + s * st;
+                const std::uint16_t* b1 = w1 + s * st;
+                const std::uint16_t *pa, *pw0, *pw1;
+                if (s + 1 < S) pa = a + st, pw0 = b0 + st, pw1 = b1 + st;
+                else pa = at + nrb * ts, pw0 = nw0, pw1 = nw1;
+                x6_prefetch<P> pf{{reinterpret_cast<const char*>(pa), reinterpret_cast<const char*>(pa + ts),
+                                   reinterpret_cast<const char*>(pw0), reinterpret_cast<const char*>(pw1)}};
 #define BERTLET_X6_A(q)                \
     BERTLET_X6_LOAD(4, a + (q) * 512); \
     BERTLET_X6_LOAD(5, a + ts + (q) * 512);
@@ -292,11 +319,13 @@ BERTLET_TARGET_F32X6 inline void x6_blocks(const f32x6_args& g, const std::uint1
     BERTLET_X6_DP(3, 5, 7); \
     pf.step();
                 BERTLET_X6_A(0) BERTLET_X6_B(0) BERTLET_X6_P4  // a0 w0
-                BERTLET_X6_B(1) BERTLET_X6_P4                  // a0 w1
-                BERTLET_X6_B(2) BERTLET_X6_P4                  // a0 w2
-                BERTLET_X6_A(1) BERTLET_X6_B(0) BERTLET_X6_P4  // a1 w0
-                BERTLET_X6_B(1) BERTLET_X6_P4                  // a1 w1
-                BERTLET_X6_A(2) BERTLET_X6_B(0) BERTLET_X6_P4  // a2 w0
+                if constexpr (P == 3) {
+                    BERTLET_X6_B(1) BERTLET_X6_P4                  // a0 w1
+                    BERTLET_X6_B(2) BERTLET_X6_P4                  // a0 w2
+                    BERTLET_X6_A(1) BERTLET_X6_B(0) BERTLET_X6_P4  // a1 w0
+                    BERTLET_X6_B(1) BERTLET_X6_P4                  // a1 w1
+                    BERTLET_X6_A(2) BERTLET_X6_B(0) BERTLET_X6_P4  // a2 w0
+                }
 #undef BERTLET_X6_A
 #undef BERTLET_X6_B
 #undef BERTLET_X6_P4
@@ -329,18 +358,23 @@ inline void f32x6_gemm_parallel(detail::thread_pool* pool, const f32x6_args& g, 
     const std::ptrdiff_t threads = pool ? static_cast<std::ptrdiff_t>(pool->size()) : 1;
     auto blocks = [&](std::ptrdiff_t pp0, std::ptrdiff_t pp1) {
         detail::x6_configure();
-        detail::x6_blocks(g, abuf, 0, nrb, pp0, pp1);
+        if (g.bf16) detail::x6_blocks<1>(g, abuf, 0, nrb, pp0, pp1);
+        else detail::x6_blocks<3>(g, abuf, 0, nrb, pp0, pp1);
         detail::x6_release();
     };
+    auto split = [&](std::ptrdiff_t rb0, std::ptrdiff_t rb1) {
+        if (g.bf16) detail::x6_split_rows<1>(g.a, g.lda, g.m, g.k, rb0, rb1, abuf);
+        else detail::x6_split_rows<3>(g.a, g.lda, g.m, g.k, rb0, rb1, abuf);
+    };
     if (threads <= 1) {
-        detail::x6_split_rows(g.a, g.lda, g.m, g.k, 0, nrb, abuf);
+        split(0, nrb);
         blocks(0, npp);
         return;
     }
     const std::ptrdiff_t ts = std::min(threads, nrb / 2);
     pool->run(static_cast<std::size_t>(ts), [&](std::size_t t, std::size_t) {
         const std::ptrdiff_t i = static_cast<std::ptrdiff_t>(t);
-        detail::x6_split_rows(g.a, g.lda, g.m, g.k, nrb / 2 * i / ts * 2, nrb / 2 * (i + 1) / ts * 2, abuf);
+        split(nrb / 2 * i / ts * 2, nrb / 2 * (i + 1) / ts * 2);
     });
     const std::ptrdiff_t tp = std::min(threads, npp);
     pool->run(static_cast<std::size_t>(tp), [&](std::size_t t, std::size_t) {

@@ -136,6 +136,7 @@ struct exec_context {
     bool bf16_attention = false;   // attention matmuls in bf16 (int8 models on AVX512_BF16 CPUs; docs/INT8.md)
     bool s8_attention = false;     // attention matmuls in int8 (int8 models on AVX-512 VNNI; kernels/attention_s8.hpp)
     bool f32_amx = false;          // this call's f32 linears on the AMX bf16x6 weights (layer_weights::*_x)
+    bool bf16_amx = false;         // bf16 (layout 3) linears on the AMX tiles (gemm_f32x6.hpp, f32x6_args::bf16)
 };
 }  // namespace detail
 
@@ -170,8 +171,13 @@ struct encoder_block {
         const std::size_t stride = ws.stride_;
 
         auto run_x6 = [&](const float* a, ptrdiff_t in, const std::uint16_t* wx, const detail::epilogue& ep, float* y,
-                          ptrdiff_t out) {
+                          ptrdiff_t out, bool bf16 = false, const std::uint16_t* const* seg = nullptr) {
             f32x6_args g;
+            g.bf16 = bf16;
+            if (seg) {  // [Wq; Wk; Wv] as three weights of H outputs
+                for (int j = 0; j < 3; ++j) g.wseg[j] = seg[j];
+                g.seg_panels = out / 3 / 16;
+            }
             g.a = a;
             g.lda = in;
             g.w = wx;
@@ -197,6 +203,10 @@ struct encoder_block {
             // ln_x (== a, or null): LayerNorm those rows in place first (ln_g / ln_b); int8: inside the GEMM's job
             const detail::epilogue ep{1.0f, b, residual, out, fn};
             if (ln_x && !w8.data) layernorm(K, ex, ln_x, T, in, ln_g, ln_b, eps);
+            if (w16 && ex.bf16_amx) {  // bf16 weights on the AMX tiles: the same semantics, one tile product per step
+                run_x6(a, in, w16, ep, y, out, true);
+                return;
+            }
             if (w16) {  // bf16 weights: A rounded to bf16 while packing, fp32 accumulation, fused epilogue
                 gemm_bf16_args g = gemm_for<gemm_bf16_args>(a, in, y, out, T, out, in, ep);
                 g.b = w16;
@@ -261,6 +271,9 @@ struct encoder_block {
                                       rows_layernorm(K, in_ln_g ? x : nullptr, H, in_ln_g, in_ln_b, eps));
         } else if (w.qkv_x && ex.f32_amx) {
             run_x6(x, H, w.qkv_x, detail::epilogue{1.0f, w.bqkv}, q, 3 * H);
+        } else if (w.bqkv && w.q16 && ex.bf16_amx) {
+            const std::uint16_t* seg[3] = {w.q16, w.k16, w.v16};
+            run_x6(x, H, nullptr, detail::epilogue{1.0f, w.bqkv}, q, 3 * H, true, seg);
         } else if (w.bqkv) {  // one GEMM over [Wq; Wk; Wv] (f32 or bf16 panels): A is packed once
             const detail::epilogue ep{1.0f, w.bqkv};
             auto fused = [&](auto g, const auto* wq, const auto* wk, const auto* wv) {
@@ -473,6 +486,7 @@ public:
             if (x6_ok) bind_f32x6(w, H, I);
             layers_.push_back(w);
         }
+        bf16_amx_ = x6_ok && bf16_weights_ && use_bf16_;
         // opt-in for int8 models (they already trade exactness for speed; an fp32 model's attention always stays
         // fp32): attention's matmuls in int8 on the avx512 path with AVX-512 VNNI (first: its own register-tile
         // kernels make it the fastest, ~0.95x of a whole forward with bf16 attention on Zen 4; docs/INT8.md), else
@@ -509,6 +523,9 @@ public:
     /// True if the f32 linears run on the AMX tiles as six bf16 products (kernels/gemm_f32x6.hpp; batches of at
     /// least 16 tokens; CPUs with AMX-BF16 unless declined by load_options::amx / BERTLET_AMX=0).
     bool f32_amx() const noexcept { return !owned_x6_.empty(); }
+    /// True if the bf16 (layout 3) linears run on the AMX tiles (AMX-BF16; their BF16P16K2 panels are tiles as they
+    /// are, no copy): the semantics of the AVX512_BF16 kernels (A rounded to bf16, exact products, fp32 sums).
+    bool bf16_amx() const noexcept { return bf16_amx_; }
     /// Forward calls with fewer tokens than this run the FMA kernels even where f32_amx(): the tile blocks are 32
     /// rows (zero-padded), so 16 rows cost as much as 32 (seq 16, batch 1: 2.5 ms against 2.1 ms on the FMA kernels;
     /// seq 24: 2.6 against 2.85 ms). Such a call's results then differ from the same texts inside a larger call in
@@ -542,7 +559,7 @@ public:
                                                           std::to_string(t) + " is outside 0.." +
                                                           std::to_string(cfg_.type_vocab_size - 1));
         }
-        ws.reserve(tokens, max_len, cfg_, threads(), f32_amx());
+        ws.reserve(tokens, max_len, cfg_, threads(), f32_amx() || bf16_amx_);
         float* x = ws.x_.data();
         for (std::size_t s = 0; s < nseq; ++s) {
             for (std::size_t p = 0; p < seqs[s].length; ++p) {
@@ -560,7 +577,7 @@ public:
         // calls of fewer than f32_amx_min_tokens tokens run the FMA kernels (decided per call, not per group of
         // sequences, so the grouping never changes a bit)
         const detail::exec_context ex{kernels_, pool_.get(), s8_, bf16_attention_, s8_attention_,
-                                      f32_amx() && tokens >= f32_amx_min_tokens};
+                                      f32_amx() && tokens >= f32_amx_min_tokens, bf16_amx_};
         run_layers(seqs, nseq, tokens, ws, ex);  // the embeddings' LayerNorm runs as the first block's in_ln
         return ws.x_.data();
     }
@@ -783,6 +800,7 @@ private:
     bool s8_attention_ = false;
     std::size_t group_tokens_ = 128;  // rows per group of sequences in large batches (run_with)
     bool use_bf16_ = false;     // bf16 (layout 3) weights run on the AVX512_BF16 kernels (else widened at load)
+    bool bf16_amx_ = false;     // ... and on the AMX tiles (f32x6_args::bf16)
     bool bf16_weights_ = false;  // the blob has bf16 linear weights
     std::shared_ptr<detail::thread_pool> pool_;
     std::vector<std::shared_ptr<std::vector<float>>> owned_;  // weights packed at load (row-major blobs only)
