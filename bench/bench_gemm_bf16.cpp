@@ -102,31 +102,43 @@ double rel_error(const std::vector<float>& A, const std::vector<float>& W, const
     return worst;
 }
 
+// The operands of a linear shape (A, W, bias; W also as PACKED_N16 panels) and the fields every GEMM args share.
+struct linear_data {
+    std::vector<float> A, W, b, pk, C;
+    explicit linear_data(shape s)
+        : A(gaussian(std::size_t(s.M * s.K), 1, 1.f)), W(gaussian(std::size_t(s.N * s.K), 2, 0.05f)),
+          b(gaussian(std::size_t(s.N), 3, 0.1f)), pk(bd::packed_n16_size(std::size_t(s.N), std::size_t(s.K))),
+          C(std::size_t(s.M * s.N)) {
+        bd::pack_n16(W.data(), s.N, s.K, s.K, pk.data());
+    }
+    template <class Args>
+    void fill(Args& g, shape s) {
+        g.a = A.data();
+        g.lda = s.K;
+        g.c = C.data();
+        g.ldc = s.N;
+        g.m = s.M;
+        g.n = s.N;
+        g.k = s.K;
+        if (s.bias) g.ep.bias = b.data();
+    }
+};
+
 void bm_f32(benchmark::State& st, shape s) {
     if (!need_avx512(st)) return;
     const auto& kt = bd::kernels_for(bertlet::isa::avx512);
-    const auto A = gaussian(std::size_t(s.M * s.K), 1, 1.f), W = gaussian(std::size_t(s.N * s.K), 2, 0.05f),
-               b = gaussian(std::size_t(s.N), 3, 0.1f);
-    std::vector<float> pk(bd::packed_n16_size(std::size_t(s.N), std::size_t(s.K)));
-    bd::pack_n16(W.data(), s.N, s.K, s.K, pk.data());
-    std::vector<float> C(std::size_t(s.M * s.N)), scratch(bd::gemm_scratch_floats());
+    linear_data d(s);
+    std::vector<float> scratch(bd::gemm_scratch_floats());
     bd::gemm_args g;
-    g.a = A.data();
-    g.lda = s.K;
-    g.b = pk.data();
-    g.c = C.data();
-    g.ldc = s.N;
-    g.m = s.M;
-    g.n = s.N;
-    g.k = s.K;
-    if (s.bias) g.ep.bias = b.data();
+    d.fill(g, s);
+    g.b = d.pk.data();
     for (auto _ : st) {
         kt.gemm(g, 0, s.M, 0, bd::panels_of(s.N), scratch.data());
-        benchmark::DoNotOptimize(C.data());
+        benchmark::DoNotOptimize(d.C.data());
         benchmark::ClobberMemory();
     }
     set_gflops(st, 2.0 * double(s.M * s.N * s.K));
-    if (s.K >= 384) st.counters["relerr"] = rel_error(A, W, b, C, s);
+    if (s.K >= 384) st.counters["relerr"] = rel_error(d.A, d.W, d.b, d.C, s);
 }
 
 // fp32 GEMM as six bf16 products on the AMX tiles (kernels/gemm_f32x6.hpp), one thread, the activation split
@@ -136,31 +148,20 @@ void bm_f32x6(benchmark::State& st, shape s) {
         st.SkipWithError("no AMX-BF16 (or shape)");
         return;
     }
-    const auto A = gaussian(std::size_t(s.M * s.K), 1, 1.f), W = gaussian(std::size_t(s.N * s.K), 2, 0.05f),
-               b = gaussian(std::size_t(s.N), 3, 0.1f);
-    std::vector<float> pk(bd::packed_n16_size(std::size_t(s.N), std::size_t(s.K)));
-    bd::pack_n16(W.data(), s.N, s.K, s.K, pk.data());
+    linear_data d(s);
     bd::aligned_vector<std::uint16_t> wx(bertlet::f32x6_packed_size(std::size_t(s.N), std::size_t(s.K))),
         ax(bertlet::f32x6_a_size(std::size_t(s.M), std::size_t(s.K)));  // tiles: 64-byte rows on cache lines
-    bertlet::pack_f32x6(pk.data(), std::size_t(s.N), std::size_t(s.K), wx.data());
-    std::vector<float> C(std::size_t(s.M * s.N));
+    bertlet::pack_f32x6(d.pk.data(), std::size_t(s.N), std::size_t(s.K), wx.data());
     bertlet::f32x6_args g;
-    g.a = A.data();
-    g.lda = s.K;
+    d.fill(g, s);
     g.w = wx.data();
-    g.c = C.data();
-    g.ldc = s.N;
-    g.m = s.M;
-    g.n = s.N;
-    g.k = s.K;
-    if (s.bias) g.ep.bias = b.data();
     for (auto _ : st) {
         bertlet::f32x6_gemm_parallel(nullptr, g, ax.data());
-        benchmark::DoNotOptimize(C.data());
+        benchmark::DoNotOptimize(d.C.data());
         benchmark::ClobberMemory();
     }
     set_gflops(st, 2.0 * double(s.M * s.N * s.K));
-    st.counters["relerr"] = rel_error(A, W, b, C, s);
+    st.counters["relerr"] = rel_error(d.A, d.W, d.b, d.C, s);
 }
 
 // Per-head packing of K_h ([L, D] as a weight) and V_h ([L, D] as B) out of a [L, 3H] QKV buffer.

@@ -136,8 +136,10 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"), noinline)) inline void vnn
     peak_sink = static_cast<float>(o[0] + o[15]);
 }
 // Caller: a process the OS granted the tile data (bertlet's s8_amx_usable() did that); the tile registers hold
-// whatever tileloadd read (zeros), the products are not looked at (tdpbusd has no data-dependent timing).
-__attribute__((noinline)) inline void amx_tdpbusd(long n) {
+// whatever tileloadd read (zeros), the products are not looked at. BF16: tdpbf16ps (the tile peak of the bf16x6 fp32
+// linears, kernels/gemm_f32x6.hpp, which do six of these per fp32 product), else tdpbusd.
+template <bool BF16>
+__attribute__((noinline)) inline void amx_tdp(long n) {
     struct alignas(64) {
         std::uint8_t palette = 1, start_row = 0, reserved[14] = {};
         std::uint16_t colsb[16] = {64, 64, 64, 64, 64, 64, 64, 64};
@@ -148,27 +150,14 @@ __attribute__((noinline)) inline void amx_tdpbusd(long n) {
     __asm__ volatile("tileloadd (%0,%1,1), %%tmm4\n\ttileloadd (%0,%1,1), %%tmm5\n\t"
                      "tileloadd (%0,%1,1), %%tmm6\n\ttileloadd (%0,%1,1), %%tmm7" ::"r"(zeros), "r"(64L)
                      : "memory");
-    for (long k = 0; k < n; ++k)
-        __asm__ volatile("tdpbusd %%tmm6, %%tmm4, %%tmm0\n\ttdpbusd %%tmm7, %%tmm4, %%tmm1\n\t"
-                         "tdpbusd %%tmm6, %%tmm5, %%tmm2\n\ttdpbusd %%tmm7, %%tmm5, %%tmm3" ::);
-    __asm__ volatile("tilerelease" ::: "memory");
-}
-// tdpbf16ps the same way (bf16 pairs into fp32 tiles): the tile peak of the bf16x6 fp32 linears
-// (kernels/gemm_f32x6.hpp), which do six of these per fp32 product.
-__attribute__((noinline)) inline void amx_tdpbf16ps(long n) {
-    struct alignas(64) {
-        std::uint8_t palette = 1, start_row = 0, reserved[14] = {};
-        std::uint16_t colsb[16] = {64, 64, 64, 64, 64, 64, 64, 64};
-        std::uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
-    } cfg;
-    alignas(64) static std::uint8_t zeros[16 * 64];
-    __asm__ volatile("ldtilecfg %0" ::"m"(cfg) : "memory");
-    __asm__ volatile("tileloadd (%0,%1,1), %%tmm4\n\ttileloadd (%0,%1,1), %%tmm5\n\t"
-                     "tileloadd (%0,%1,1), %%tmm6\n\ttileloadd (%0,%1,1), %%tmm7" ::"r"(zeros), "r"(64L)
-                     : "memory");
-    for (long k = 0; k < n; ++k)
-        __asm__ volatile("tdpbf16ps %%tmm6, %%tmm4, %%tmm0\n\ttdpbf16ps %%tmm7, %%tmm4, %%tmm1\n\t"
-                         "tdpbf16ps %%tmm6, %%tmm5, %%tmm2\n\ttdpbf16ps %%tmm7, %%tmm5, %%tmm3" ::);
+    for (long k = 0; k < n; ++k) {
+        if constexpr (BF16)
+            __asm__ volatile("tdpbf16ps %%tmm6, %%tmm4, %%tmm0\n\ttdpbf16ps %%tmm7, %%tmm4, %%tmm1\n\t"
+                             "tdpbf16ps %%tmm6, %%tmm5, %%tmm2\n\ttdpbf16ps %%tmm7, %%tmm5, %%tmm3" ::);
+        else
+            __asm__ volatile("tdpbusd %%tmm6, %%tmm4, %%tmm0\n\ttdpbusd %%tmm7, %%tmm4, %%tmm1\n\t"
+                             "tdpbusd %%tmm6, %%tmm5, %%tmm2\n\ttdpbusd %%tmm7, %%tmm5, %%tmm3" ::);
+    }
     __asm__ volatile("tilerelease" ::: "memory");
 }
 __attribute__((target("avx512f,avx512bw,avx512bf16"), noinline)) inline void bf16_zmm(long n) {
@@ -210,8 +199,8 @@ inline peaks measure_peaks(bool avx512_path, bool avx2_path, bool vnni512, bool 
     }
     if (vnni512) p.int8 = detail::best_rate(detail::vnni_zmm, 12.0 * 16 * 8);
     if (bf16) p.bf16 = detail::best_rate(detail::bf16_zmm, 12.0 * 16 * 4);
-    if (amx) p.amx_int8 = detail::best_rate(detail::amx_tdpbusd, 4.0 * 16 * 16 * 64 * 2);
-    if (amx_bf16) p.amx_bf16 = detail::best_rate(detail::amx_tdpbf16ps, 4.0 * 16 * 16 * 32 * 2);
+    if (amx) p.amx_int8 = detail::best_rate(detail::amx_tdp<false>, 4.0 * 16 * 16 * 64 * 2);
+    if (amx_bf16) p.amx_bf16 = detail::best_rate(detail::amx_tdp<true>, 4.0 * 16 * 16 * 32 * 2);
 #else
     (void)amx;
     (void)amx_bf16;

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "bertlet/kernels/gemm_bf16.hpp"
+#include "test_numeric.hpp"
 #include "test_attention_ref.hpp"
 
 namespace {
@@ -24,13 +25,8 @@ using bertlet::float_to_bf16;
 using bertlet::detail::activation;
 using bertlet::detail::epilogue;
 
-std::vector<float> gaussian(std::size_t n, std::uint32_t seed, float sd = 1.f) {
-    std::mt19937 rng(seed);
-    std::normal_distribution<float> d(0.f, sd);
-    std::vector<float> v(n);
-    for (auto& x : v) x = d(rng);
-    return v;
-}
+using bertlet_test::act_d;
+using bertlet_test::gaussian;
 
 std::vector<float> small_ints(std::size_t n, std::uint32_t seed, int lim) {
     std::mt19937 rng(seed);
@@ -52,15 +48,6 @@ bool fast_path(const char* what) {
     return false;
 }
 
-double act_d(double v, activation a) {
-    switch (a) {
-        case activation::none: return v;
-        case activation::gelu_erf: return 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0)));
-        case activation::gelu_tanh:
-            return 0.5 * v * (1.0 + std::tanh(0.79788456080286536 * (v + 0.044715 * v * v * v)));
-    }
-    return v;
-}
 
 // Double reference: C = act(alpha * A W^T + bias + res). round_inputs: A and W rounded to bf16 first. For the
 // tolerance, S receives |alpha| sum_k |a w| and E |bias| + |res|.

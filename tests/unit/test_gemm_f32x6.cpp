@@ -15,19 +15,15 @@
 
 #include "bertlet/kernels/gemm_f32x6.hpp"
 #include "bertlet/kernels/gemm_bf16.hpp"
+#include "test_numeric.hpp"
 
 namespace {
 
 using bertlet::detail::activation;
 using bertlet::detail::epilogue;
 
-std::vector<float> gaussian(std::size_t n, std::uint32_t seed, float sd = 1.f) {
-    std::mt19937 rng(seed);
-    std::normal_distribution<float> d(0.f, sd);
-    std::vector<float> v(n);
-    for (auto& x : v) x = d(rng);
-    return v;
-}
+using bertlet_test::act_d;
+using bertlet_test::gaussian;
 
 bool amx_here(const char* what) {
     if (bertlet::f32x6_supported()) return true;
@@ -35,15 +31,6 @@ bool amx_here(const char* what) {
     return false;
 }
 
-double act_d(double v, activation a) {
-    switch (a) {
-        case activation::none: return v;
-        case activation::gelu_erf: return 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0)));
-        case activation::gelu_tanh:
-            return 0.5 * v * (1.0 + std::tanh(0.79788456080286536 * (v + 0.044715 * v * v * v)));
-    }
-    return v;
-}
 
 struct problem {
     std::ptrdiff_t M, N, K;
