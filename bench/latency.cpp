@@ -80,7 +80,7 @@ std::string isa_string() {
     // and the fp32 linears' form on the avx512 path: AMX bf16x6 tiles (gemm_f32x6.hpp) or the FMA kernels
     const bool x6 = bertlet::active_isa() == bertlet::isa::avx512 && bertlet::f32x6_supported();
     return std::string(bertlet::isa_name(bertlet::active_isa())) + " (int8 linears: " +
-           bertlet::s8_path_name(bertlet::active_s8_path()) + (x6 ? "; fp32 linears: amx_bf16x6" : "") + ")";
+           bertlet::s8_path_name(bertlet::active_s8_path()) + (x6 ? "; fp32 linears: amx_bf16x6; bf16 linears: amx" : "") + ")";
 #else
     return "unknown (bertlet/kernels/cpu.hpp not present)";
 #endif
