@@ -8,10 +8,10 @@
 // and the six products before the bracket, each exact in fp32 (8 x 8 significant bits), accumulated in fp32,
 // leave out terms of relative size 2^-24 and below: the same order as fp32's own rounding (Henry, Tang and
 // Heinecke, "Leveraging the bfloat16 AI datatype for higher-precision computations", ARITH 2019: "bf16x6").
-// Measured with random 128 x 384 x 1536 GEMMs: max |error| / sum |a w| against float64 1.0-1.5e-7 here against
-// 0.8-2.8e-7 for the FMA kernel (bench/bertlet_bench_f32x6 prints both). Six tile products still cost 3x fewer
-// cycles than the FMAs (16 tdpbf16ps cycles do 8192 multiply-adds), and the GEMMs run ~1.4x faster in practice
-// (the tiles wait on L2).
+// Measured on the MiniLM shapes (M 128): max |error| / sum |a w| against float64 1.1-1.2e-7 here against 1.1-2.7e-7
+// for the FMA kernel (`bertlet_bench_gemm_bf16 --benchmark_filter=lin_`, counter relerr). Six tile products still
+// cost 3x fewer cycles than the FMAs (16 tdpbf16ps cycles do 8192 multiply-adds); the GEMMs run 1.7-2.0x the FMA
+// kernel (299-377 vs 162-180 GFLOP/s on the 2026-12-06 Xeon, same benchmark).
 //
 // Weight layout ("F32X6", built at load from the PACKED_N16 panels; 6 bytes per weight): W[N out, K in],
 // N % 32 == 0, K % 32 == 0. Panel p (outputs 16p .. 16p+15), k-step s (k = 32s .. 32s+31), part q: one AMX B tile
@@ -21,10 +21,11 @@
 // past M zero) in a caller buffer of f32x6_a_size(M, K) uint16.
 //
 // Blocks: 32 rows (two row tiles; the last block padded with zero rows) x 32 columns (two panels): C in tmm0-3, A parts in
-// tmm4-5, B parts in tmm6-7. Per k-step 16 tile loads feed 24 tdpbf16ps in 6 groups of 4 independent products
+// tmm4-5, B parts in tmm6-7. Per k-step 18 tile loads feed 24 tdpbf16ps in 6 groups of 4 independent products
 // (a tdpbf16ps waits ~50 cycles for its accumulator, 4 apart it never does). The next k-step's tiles (next block's
-// first at the end) are prefetched into L1 between the products: tiles come from L2 at ~60 cycles each and the
-// tile registers are not renamed, so a load that misses L1 stalls the products behind it. Each output element is
+// first at the end) are prefetched into L1 between the products: the tile registers are not renamed, so a load that
+// misses L1 stalls the products behind it. Every tile must start on a 64-byte boundary (each 64-byte row on one cache
+// line): tiles read from 16-byte aligned std::vector storage ran at about half speed. Each output element is
 // the same sequence of operations whatever the thread split, so results do not depend on threads. The epilogue
 // (alpha, bias, residual, activation: avx512::act_ps) runs on AVX-512 from a stack copy of the four C tiles.
 //
