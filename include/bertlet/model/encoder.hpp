@@ -2,7 +2,9 @@
 //
 // Weights are views into the (immutable, mmapped) blob. The linear weights are read in the PACKED_N16 layout the
 // GEMM kernels want (kernels/packed.hpp): used in place when the converter pre-packed them (layout 1, the default),
-// packed once at load otherwise (row-major blobs). Every kernel call goes through the table of one ISA path
+// packed once at load otherwise (row-major blobs). On CPUs with AMX-BF16 the f32 linears are also copied at load into
+// the tile layout of the bf16x6 GEMM (kernels/gemm_f32x6.hpp; f32_amx()), and bf16 ones run on the tiles in place
+// (bf16_amx()); load_options::amx = false declines both. Every kernel call goes through the table of one ISA path
 // (kernels/dispatch.hpp), picked at load; an optional intra-op pool splits the GEMMs, attention and LayerNorm. A forward pass runs over a
 // *packed* batch: the tokens of every sequence are stored back to back ([total_tokens, H]), so token-wise work
 // (GEMMs, LayerNorm, GELU) runs once over all real tokens and attention runs per sequence at its exact length.
