@@ -56,52 +56,6 @@ bool need_bf16(benchmark::State& st) {
     return false;
 }
 
-void bm_bf16(benchmark::State& st, shape s, bool a_bf16) {
-    if (!need_bf16(st)) return;
-    const auto A = gaussian(std::size_t(s.M * s.K), 1, 1.f), W = gaussian(std::size_t(s.N * s.K), 2, 0.05f),
-               b = gaussian(std::size_t(s.N), 3, 0.1f);
-    std::vector<std::uint16_t> pk(bertlet::bf16_packed_size(std::size_t(s.N), std::size_t(s.K))), a16(A.size());
-    bertlet::pack_bf16(W.data(), s.N, s.K, s.K, pk.data());
-    bertlet::convert_to_bf16(A.data(), std::ptrdiff_t(A.size()), a16.data());
-    std::vector<float> C(std::size_t(s.M * s.N));
-    std::vector<unsigned char> scratch(bertlet::gemm_bf16_scratch_bytes());
-    bertlet::gemm_bf16_args g;
-    if (a_bf16) g.a16 = a16.data();
-    else g.a = A.data();
-    g.lda = s.K;
-    g.b = pk.data();
-    g.c = C.data();
-    g.ldc = s.N;
-    g.m = s.M;
-    g.n = s.N;
-    g.k = s.K;
-    if (s.bias) g.ep.bias = b.data();
-    const std::ptrdiff_t np = (s.N + 15) / 16;
-    for (auto _ : st) {
-        bertlet::gemm_bf16(g, 0, s.M, 0, np, scratch.data());
-        benchmark::DoNotOptimize(C.data());
-        benchmark::ClobberMemory();
-    }
-    set_gflops(st, 2.0 * double(s.M * s.N * s.K));
-}
-
-// Worst error of C against a float64 reference, relative to sum |a w| of each element (counter "relerr").
-double rel_error(const std::vector<float>& A, const std::vector<float>& W, const std::vector<float>& b,
-                 const std::vector<float>& C, shape s) {
-    double worst = 0;
-    for (std::ptrdiff_t i = 0; i < s.M; ++i)
-        for (std::ptrdiff_t j = 0; j < s.N; ++j) {
-            double acc = s.bias ? b[std::size_t(j)] : 0.0, mag = 0;
-            for (std::ptrdiff_t k = 0; k < s.K; ++k) {
-                const double p = double(A[std::size_t(i * s.K + k)]) * W[std::size_t(j * s.K + k)];
-                acc += p;
-                mag += std::fabs(p);
-            }
-            worst = std::max(worst, std::fabs(C[std::size_t(i * s.N + j)] - acc) / mag);
-        }
-    return worst;
-}
-
 // The operands of a linear shape (A, W, bias; W also as PACKED_N16 panels) and the fields every GEMM args share.
 struct linear_data {
     std::vector<float> A, W, b, pk, C;
@@ -123,6 +77,43 @@ struct linear_data {
         if (s.bias) g.ep.bias = b.data();
     }
 };
+
+void bm_bf16(benchmark::State& st, shape s, bool a_bf16) {
+    if (!need_bf16(st)) return;
+    linear_data d(s);
+    std::vector<std::uint16_t> pk(bertlet::bf16_packed_size(std::size_t(s.N), std::size_t(s.K))), a16(d.A.size());
+    bertlet::pack_bf16(d.W.data(), s.N, s.K, s.K, pk.data());
+    bertlet::convert_to_bf16(d.A.data(), std::ptrdiff_t(d.A.size()), a16.data());
+    std::vector<unsigned char> scratch(bertlet::gemm_bf16_scratch_bytes());
+    bertlet::gemm_bf16_args g;
+    d.fill(g, s);
+    if (a_bf16) g.a = nullptr, g.a16 = a16.data();
+    g.b = pk.data();
+    const std::ptrdiff_t np = (s.N + 15) / 16;
+    for (auto _ : st) {
+        bertlet::gemm_bf16(g, 0, s.M, 0, np, scratch.data());
+        benchmark::DoNotOptimize(d.C.data());
+        benchmark::ClobberMemory();
+    }
+    set_gflops(st, 2.0 * double(s.M * s.N * s.K));
+}
+
+// Worst error of C against a float64 reference, relative to sum |a w| of each element (counter "relerr").
+double rel_error(const std::vector<float>& A, const std::vector<float>& W, const std::vector<float>& b,
+                 const std::vector<float>& C, shape s) {
+    double worst = 0;
+    for (std::ptrdiff_t i = 0; i < s.M; ++i)
+        for (std::ptrdiff_t j = 0; j < s.N; ++j) {
+            double acc = s.bias ? b[std::size_t(j)] : 0.0, mag = 0;
+            for (std::ptrdiff_t k = 0; k < s.K; ++k) {
+                const double p = double(A[std::size_t(i * s.K + k)]) * W[std::size_t(j * s.K + k)];
+                acc += p;
+                mag += std::fabs(p);
+            }
+            worst = std::max(worst, std::fabs(C[std::size_t(i * s.N + j)] - acc) / mag);
+        }
+    return worst;
+}
 
 void bm_f32(benchmark::State& st, shape s) {
     if (!need_avx512(st)) return;

@@ -135,7 +135,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"), noinline)) inline void vnn
     _mm512_store_si512(o, a[0]);
     peak_sink = static_cast<float>(o[0] + o[15]);
 }
-// Caller: a process the OS granted the tile data (bertlet's s8_amx_usable() did that); the tile registers hold
+// Caller: a process the OS granted the tile data (bertlet's detail::amx_usable() did that); the tile registers hold
 // whatever tileloadd read (zeros), the products are not looked at. BF16: tdpbf16ps (the tile peak of the bf16x6 fp32
 // linears, kernels/gemm_f32x6.hpp, which do six of these per fp32 product), else tdpbusd.
 template <bool BF16>

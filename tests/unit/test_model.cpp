@@ -250,6 +250,16 @@ std::vector<double> reference_embed(const tiny_model& m, const std::vector<std::
     return pooled;
 }
 
+/// Every kernel path this CPU has (amx = false), plus avx512 with the AMX tile linears where the CPU has AMX-BF16.
+std::vector<std::pair<bertlet::isa, bool>> paths_with_amx() {
+    std::vector<std::pair<bertlet::isa, bool>> runs;
+    for (const auto arch : bertlet::detail::available_isas()) {
+        runs.emplace_back(arch, false);
+        if (arch == bertlet::isa::avx512 && bertlet::f32x6_supported()) runs.emplace_back(arch, true);
+    }
+    return runs;
+}
+
 double max_abs_diff(const float* a, const std::vector<double>& b) {
     double m = 0;
     for (std::size_t i = 0; i < b.size(); ++i) m = std::max(m, std::fabs(double(a[i]) - b[i]));
@@ -272,27 +282,27 @@ TEST_CASE("encoder matches a naive double-precision reference for several shapes
         s.pooling = c.pooling;
         s.normalize = c.normalize;
         const auto m = make_tiny(s);
-        for (const auto arch : bertlet::detail::available_isas())  // every kernel path this CPU has
-            for (const bool amx : {false, true}) {  // avx512 with AMX-BF16: also the bf16x6 fp32 linears
-                if (amx && !(arch == bertlet::isa::avx512 && bertlet::f32x6_supported())) continue;
-                CAPTURE(bertlet::isa_name(arch));
-                CAPTURE(amx);
-                bertlet::load_options lo;
-                lo.arch = arch;
-                lo.amx = amx;
-                const auto e = bertlet::embedder::from_bytes(tiny_blob(m), lo);
-                REQUIRE(e.arch() == arch);
-                CHECK(e.model_encoder().f32_amx() == (amx && c.H % 32 == 0 && c.I % 32 == 0));
-                bertlet::embed_workspace ws;
-                for (const char* text : {"the cat sat on the mat.", "dogs running!", "", "big, small, big",
-                                         "a longer text, so that the batch has sixteen tokens or more."}) {
-                    CAPTURE(text);
-                    const auto enc = e.tokenizer().encode(text);
-                    std::vector<float> got(e.dim());
-                    e.embed(text, got.data(), ws);
-                    CHECK(max_abs_diff(got.data(), reference_embed(m, enc.ids)) < 2e-5);
-                }
+        for (const auto& [arch, amx] : paths_with_amx()) {  // avx512 with AMX-BF16: also the bf16x6 fp32 linears
+            CAPTURE(bertlet::isa_name(arch));
+            CAPTURE(amx);
+            bertlet::load_options lo;
+            lo.arch = arch;
+            lo.amx = amx;
+            const auto e = bertlet::embedder::from_bytes(tiny_blob(m), lo);
+            REQUIRE(e.arch() == arch);
+            CHECK(e.model_encoder().f32_amx() == (amx && c.H % 32 == 0 && c.I % 32 == 0));
+            bertlet::embed_workspace ws;
+            for (const char* text : {"the cat sat on the mat.", "dogs running!", "", "big, small, big",
+                                     "the cat sat on the mat. the dog ran on the big mat. small cats sat, big dogs ran."}) {
+                CAPTURE(text);
+                const auto enc = e.tokenizer().encode(text);
+                if (std::strlen(text) > 40)  // a call long enough for the AMX tiles (shorter ones keep the FMA kernels)
+                    CHECK(enc.ids.size() >= bertlet::encoder::f32_amx_min_tokens);
+                std::vector<float> got(e.dim());
+                e.embed(text, got.data(), ws);
+                CHECK(max_abs_diff(got.data(), reference_embed(m, enc.ids)) < 2e-5);
             }
+        }
     }
 }
 
@@ -350,12 +360,7 @@ TEST_CASE("bf16 (layout 3) linear weights: AVX512_BF16 kernels where available, 
         hk.bf16_linear = true;
         const auto bytes = tiny_blob(m, hk);
         std::vector<float> widened;
-        std::vector<std::pair<bertlet::isa, bool>> runs;  // on AMX-BF16 CPUs: with and without the tiles
-        for (const auto arch : bertlet::detail::available_isas()) {
-            runs.emplace_back(arch, false);
-            if (arch == bertlet::isa::avx512 && bertlet::f32x6_supported()) runs.emplace_back(arch, true);
-        }
-        for (const auto& [arch, amx] : runs) {
+        for (const auto& [arch, amx] : paths_with_amx()) {  // on AMX-BF16 CPUs: with and without the tiles
             CAPTURE(bertlet::isa_name(arch));
             CAPTURE(amx);
             bertlet::load_options lo;
@@ -785,12 +790,7 @@ std::vector<golden> read_goldens() {
 TEST_CASE("all-MiniLM-L6-v2: loads, verifies and matches the committed Hugging Face goldens") {
     // fp32 parity on every kernel path this CPU has; on avx512 with AMX-BF16 both with the bf16x6 tile linears
     // (the default there) and with the FMA kernels (amx = false)
-    std::vector<std::pair<bertlet::isa, bool>> runs;
-    for (const auto arch : bertlet::detail::available_isas()) {
-        runs.emplace_back(arch, false);
-        if (arch == bertlet::isa::avx512 && bertlet::f32x6_supported()) runs.emplace_back(arch, true);
-    }
-    for (const auto& [arch, amx] : runs) {
+    for (const auto& [arch, amx] : paths_with_amx()) {
         CAPTURE(bertlet::isa_name(arch));
         CAPTURE(amx);
         bertlet::load_options lo;

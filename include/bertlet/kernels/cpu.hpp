@@ -3,7 +3,7 @@
 // One binary carries every path; the best one the CPU (and OS) supports is picked at run time:
 //   x86-64:  scalar < avx2 (AVX2+FMA+F16C) < avx512 (F, BW, DQ, VL) ; extras: avx512_vnni, avx512_bf16, avx_vnni,
 //            amx_int8 (AMX-TILE + AMX-INT8 with the tile state enabled in XCR0; Linux must also grant the process
-//            the tile data, see gemm_s8.hpp's s8_amx_usable), amx_bf16 (AMX-TILE + AMX-BF16, same conditions;
+//            the tile data, see amx.hpp's amx_usable), amx_bf16 (AMX-TILE + AMX-BF16, same conditions;
 //            fp32 linears as six bf16 products, kernels/gemm_f32x6.hpp)
 //   aarch64: neon (always present) ; extras: dotprod
 // BERTLET_FORCE_ARCH=scalar|avx2|avx512|neon forces a path (tests and benchmarks use it to cover each one);

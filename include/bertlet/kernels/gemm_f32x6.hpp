@@ -43,6 +43,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "bertlet/kernels/amx.hpp"
 #include "bertlet/kernels/avx512.hpp"
 #include "bertlet/kernels/cpu.hpp"
 #include "bertlet/kernels/gemm_bf16.hpp"
@@ -75,7 +76,7 @@ constexpr std::size_t f32x6_a_size(std::size_t m, std::size_t k) noexcept { retu
 /// data granted by the OS; BERTLET_AMX=0 declines it as it declines the int8 AMX path).
 inline bool f32x6_supported(const cpu_features& f = cpu()) noexcept {
 #if defined(BERTLET_F32X6_X86)
-    return f.has_avx512_path() && f.avx512_bf16 && f.amx_bf16 && detail::s8_amx_usable();
+    return f.has_avx512_path() && f.avx512_bf16 && f.amx_bf16 && detail::amx_usable();
 #else
     (void)f;
     return false;
@@ -170,29 +171,8 @@ struct f32x6_args {
 #if defined(BERTLET_F32X6_X86)
 namespace detail {
 
-#define BERTLET_X6_LOAD(t, base)                                                                      \
-    __asm__ volatile("{tileloadd\t(%0,%1,1), %%tmm" #t "|tileloadd\t%%tmm" #t ", [%0+%1*1]}" ::"r"( \
-                         static_cast<const void*>(base)),                                             \
-                     "r"(64L)                                                                         \
-                     : "memory")
-#define BERTLET_X6_STORE(t, base)                                                                      \
-    __asm__ volatile("{tilestored\t%%tmm" #t ", (%0,%1,1)|tilestored\t[%0+%1*1], %%tmm" #t "}" ::"r"( \
-                         static_cast<void*>(base)),                                                    \
-                     "r"(128L)                                                                         \
-                     : "memory")
-#define BERTLET_X6_ZERO(t) __asm__ volatile("tilezero\t%%tmm" #t ::)
-#define BERTLET_X6_DP(c, a, b) \
-    __asm__ volatile("{tdpbf16ps\t%%tmm" #b ", %%tmm" #a ", %%tmm" #c "|tdpbf16ps\t%%tmm" #c ", %%tmm" #a ", %%tmm" #b "}" ::)
-
-BERTLET_TARGET_F32X6 inline void x6_configure() {
-    s8_amx_config c;  // palette 1, 8 tiles of 16 rows x 64 bytes
-    for (int t = 0; t < 8; ++t) {
-        c.colsb[t] = 64;
-        c.rows[t] = 16;
-    }
-    __asm__ volatile("ldtilecfg\t%0" ::"m"(c) : "memory");
-}
-BERTLET_TARGET_F32X6 inline void x6_release() { __asm__ volatile("tilerelease" ::: "memory"); }
+// Tile shapes, permission and instruction macros: kernels/amx.hpp (A and W tiles have 64-byte rows; C goes to a
+// 32 x 32 float buffer, rows of 128 bytes).
 
 BERTLET_TARGET_F32X6 inline __m512 x6_widen(__m256bh h) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(reinterpret_cast<__m256i>(h)), 16));
@@ -289,10 +269,10 @@ BERTLET_TARGET_F32X6 void x6_blocks(const f32x6_args& g, const std::uint16_t* at
             // the block after this one (the prefetch of its first k-step)
             std::ptrdiff_t nrb = rb + 2, npp = pp;
             if (nrb >= rb1) nrb = rb0, npp = pp + 1 < pp1 ? pp + 1 : pp;
-            BERTLET_X6_ZERO(0);
-            BERTLET_X6_ZERO(1);
-            BERTLET_X6_ZERO(2);
-            BERTLET_X6_ZERO(3);
+            BERTLET_AMX_ZERO(0);
+            BERTLET_AMX_ZERO(1);
+            BERTLET_AMX_ZERO(2);
+            BERTLET_AMX_ZERO(3);
             const std::uint16_t* nw0 = g.panel(2 * npp);
             const std::uint16_t* nw1 = g.panel(2 * npp + 1);
             for (std::ptrdiff_t s = 0; s < S; ++s) {
@@ -305,19 +285,19 @@ BERTLET_TARGET_F32X6 void x6_blocks(const f32x6_args& g, const std::uint16_t* at
                 x6_prefetch<P> pf{{reinterpret_cast<const char*>(pa), reinterpret_cast<const char*>(pa + ts),
                                    reinterpret_cast<const char*>(pw0), reinterpret_cast<const char*>(pw1)}};
 #define BERTLET_X6_A(q)                \
-    BERTLET_X6_LOAD(4, a + (q) * 512); \
-    BERTLET_X6_LOAD(5, a + ts + (q) * 512);
+    BERTLET_AMX_LOAD(4, a + (q) * 512, 64); \
+    BERTLET_AMX_LOAD(5, a + ts + (q) * 512, 64);
 #define BERTLET_X6_B(q)                 \
-    BERTLET_X6_LOAD(6, b0 + (q) * 512); \
-    BERTLET_X6_LOAD(7, b1 + (q) * 512);
+    BERTLET_AMX_LOAD(6, b0 + (q) * 512, 64); \
+    BERTLET_AMX_LOAD(7, b1 + (q) * 512, 64);
 #define BERTLET_X6_P4       \
-    BERTLET_X6_DP(0, 4, 6); \
+    BERTLET_AMX_DPBF16PS(0, 4, 6); \
     pf.step();              \
-    BERTLET_X6_DP(1, 4, 7); \
+    BERTLET_AMX_DPBF16PS(1, 4, 7); \
     pf.step();              \
-    BERTLET_X6_DP(2, 5, 6); \
+    BERTLET_AMX_DPBF16PS(2, 5, 6); \
     pf.step();              \
-    BERTLET_X6_DP(3, 5, 7); \
+    BERTLET_AMX_DPBF16PS(3, 5, 7); \
     pf.step();
                 BERTLET_X6_A(0) BERTLET_X6_B(0) BERTLET_X6_P4  // a0 w0
                 if constexpr (P == 3) {
@@ -331,19 +311,15 @@ BERTLET_TARGET_F32X6 void x6_blocks(const f32x6_args& g, const std::uint16_t* at
 #undef BERTLET_X6_B
 #undef BERTLET_X6_P4
             }
-            BERTLET_X6_STORE(0, buf);
-            BERTLET_X6_STORE(1, buf + 16);
-            BERTLET_X6_STORE(2, buf + 512);
-            BERTLET_X6_STORE(3, buf + 512 + 16);
+            BERTLET_AMX_STORE(0, buf, 128);
+            BERTLET_AMX_STORE(1, buf + 16, 128);
+            BERTLET_AMX_STORE(2, buf + 512, 128);
+            BERTLET_AMX_STORE(3, buf + 512 + 16, 128);
             const std::ptrdiff_t m = rb * 16;
             x6_finish(g, m, pp * 32, static_cast<int>(std::min<std::ptrdiff_t>(32, g.m - m)), buf);
         }
 }
 
-#undef BERTLET_X6_LOAD
-#undef BERTLET_X6_STORE
-#undef BERTLET_X6_ZERO
-#undef BERTLET_X6_DP
 
 }  // namespace detail
 #endif  // BERTLET_F32X6_X86
@@ -358,10 +334,10 @@ inline void f32x6_gemm_parallel(detail::thread_pool* pool, const f32x6_args& g, 
     const std::ptrdiff_t nrb = (g.m + 31) / 32 * 2, npp = g.n / 32;
     const std::ptrdiff_t threads = pool ? static_cast<std::ptrdiff_t>(pool->size()) : 1;
     auto blocks = [&](std::ptrdiff_t pp0, std::ptrdiff_t pp1) {
-        detail::x6_configure();
+        detail::amx_configure();
         if (g.bf16) detail::x6_blocks<1>(g, abuf, 0, nrb, pp0, pp1);
         else detail::x6_blocks<3>(g, abuf, 0, nrb, pp0, pp1);
-        detail::x6_release();
+        detail::amx_release();
     };
     auto split = [&](std::ptrdiff_t rb0, std::ptrdiff_t rb1) {
         if (g.bf16) detail::x6_split_rows<1>(g.a, g.lda, g.m, g.k, rb0, rb1, abuf);

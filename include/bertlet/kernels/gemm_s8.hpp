@@ -53,16 +53,13 @@
 #include "bertlet/error.hpp"
 #include "bertlet/kernels/cpu.hpp"
 #include "bertlet/kernels/avx2.hpp"    // exp_ps (the gelu_tanh epilogue)
+#include "bertlet/kernels/amx.hpp"
 #include "bertlet/kernels/avx512.hpp"
 #include "bertlet/kernels/packed.hpp"
 #include "bertlet/kernels/thread_pool.hpp"
 
 #if defined(BERTLET_X86) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
-#if defined(__linux__)
-#include <sys/syscall.h>  // arch_prctl(ARCH_REQ_XCOMP_PERM): the AMX tile data permission
-#include <unistd.h>
-#endif
 #define BERTLET_S8_X86 1
 #define BERTLET_TARGET(s) __attribute__((target(s)))
 #endif
@@ -135,25 +132,6 @@ inline const char* s8_path_name(s8_path p) noexcept {
     return "?";
 }
 
-namespace detail {
-/// Whether this process may use the AMX tiles: BERTLET_AMX=0 turns them off (A/B runs against avx512_vnni); on
-/// Linux the kernel must grant the tile data state first (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA =
-/// 18; without it the first tile instruction raises SIGILL). Asked once per process; a refusal (a kernel before
-/// 5.16, a seccomp filter) leaves the avx512_vnni path in use. Other systems: off.
-inline bool s8_amx_usable() noexcept {
-    static const bool ok = [] {
-        const char* e = std::getenv("BERTLET_AMX");
-        if (e && e[0] == '0' && e[1] == 0) return false;
-#if defined(__linux__) && defined(BERTLET_X86) && defined(SYS_arch_prctl)
-        constexpr long arch_req_xcomp_perm = 0x1023, xfeature_xtiledata = 18;
-        return syscall(SYS_arch_prctl, arch_req_xcomp_perm, xfeature_xtiledata) == 0;
-#else
-        return false;
-#endif
-    }();
-    return ok;
-}
-}  // namespace detail
 
 inline bool s8_path_supported(s8_path p, const cpu_features& f = cpu()) noexcept {
 #if defined(BERTLET_S8_X86)
@@ -164,7 +142,7 @@ inline bool s8_path_supported(s8_path p, const cpu_features& f = cpu()) noexcept
         case s8_path::avx512: return f.has_avx512_path();
         case s8_path::avx512_vnni: return f.has_avx512_path() && f.avx512_vnni;
         case s8_path::neon_dot: return false;
-        case s8_path::avx512_amx: return f.has_avx512_path() && f.avx512_vnni && f.amx_int8 && detail::s8_amx_usable();
+        case s8_path::avx512_amx: return f.has_avx512_path() && f.avx512_vnni && f.amx_int8 && detail::amx_usable();
     }
     return false;
 #elif defined(BERTLET_S8_NEON)
@@ -1154,41 +1132,7 @@ inline void s8_run_avx512_vnni(const s8_job& a, std::size_t m0, std::size_t m1, 
 // every other path. Tiles: tmm0-3 C (two row blocks x two panels), tmm4-5 A, tmm6-7 B; all 16 rows x 64 bytes.
 #define BERTLET_S8_AMX BERTLET_S8_AVX512 ",avx512vnni,amx-tile,amx-int8"
 
-struct alignas(64) s8_amx_config {
-    std::uint8_t palette = 1, start_row = 0;
-    std::uint8_t reserved[14] = {};
-    std::uint16_t colsb[16] = {};
-    std::uint8_t rows[16] = {};
-};
-
-// Own asm forms instead of GCC 12's <amxtileintrin.h>: its _tile_loadconfig declares only 8 bytes of the 64-byte
-// configuration as read (the stores of the tile shapes were dropped as dead: tilezero then raised SIGILL), and its
-// tile loads do not declare their memory read at all (the compiler may move them above the stores that fill the
-// activations). Every form here is volatile with a "memory" clobber; AT&T | Intel syntax as in the header.
-#define BERTLET_AMX_LOAD(t, base, stride)                                                             \
-    __asm__ volatile("{tileloadd\t(%0,%1,1), %%tmm" #t "|tileloadd\t%%tmm" #t ", [%0+%1*1]}" ::"r"( \
-                         static_cast<const void*>(base)),                                             \
-                     "r"(static_cast<long>(stride))                                                   \
-                     : "memory")
-#define BERTLET_AMX_STORE(t, base, stride)                                                             \
-    __asm__ volatile("{tilestored\t%%tmm" #t ", (%0,%1,1)|tilestored\t[%0+%1*1], %%tmm" #t "}" ::"r"( \
-                         static_cast<void*>(base)),                                                    \
-                     "r"(static_cast<long>(stride))                                                    \
-                     : "memory")
-#define BERTLET_AMX_ZERO(t) __asm__ volatile("tilezero\t%%tmm" #t ::)
-#define BERTLET_AMX_DPBUSD(c, a, b) \
-    __asm__ volatile("{tdpbusd\t%%tmm" #b ", %%tmm" #a ", %%tmm" #c "|tdpbusd\t%%tmm" #c ", %%tmm" #a ", %%tmm" #b "}" ::)
-
-BERTLET_TARGET(BERTLET_S8_AMX) inline void s8_amx_configure() {
-    s8_amx_config c;
-    for (int t = 0; t < 8; ++t) {
-        c.colsb[t] = 64;
-        c.rows[t] = 16;
-    }
-    __asm__ volatile("ldtilecfg\t%0" ::"m"(c) : "memory");
-}
-
-BERTLET_TARGET(BERTLET_S8_AMX) inline void s8_amx_release() { __asm__ volatile("tilerelease" ::: "memory"); }
+// The tile configuration, the permission and the tile instruction macros: kernels/amx.hpp.
 
 // The epilogue of rows [8h, 8h + 8) of a block from its buffer (RB * 16 rows of NB * 16 exact sums): the u8
 // correction (-128 * row_sum), then s8_tile_store_avx512 (the operations of the avx512_vnni kernel: the same bits).
@@ -1280,7 +1224,7 @@ inline void s8_drive_amx(const s8_job& a, std::size_t m0, std::size_t m1, std::s
         s8_drive<vnni, RAW>(a, m0, m1, p0, p1);
         return;
     }
-    s8_amx_configure();
+    amx_configure();
     const std::size_t m32 = m0 + (m1 - m0) / 32 * 32, m16 = m0 + (m1 - m0) / 16 * 16;
     const std::size_t p2 = p0 + (p1 - p0) / 2 * 2;
     if (p2 > p0) {
@@ -1291,7 +1235,7 @@ inline void s8_drive_amx(const s8_job& a, std::size_t m0, std::size_t m1, std::s
         if (m32 > m0) s8_amx_blocks<2, 1, RAW, EP>(a, m0, m32, p2, p1);
         if (m16 > m32) s8_amx_blocks<1, 1, RAW, EP>(a, m32, m16, p2, p1);
     }
-    s8_amx_release();
+    amx_release();
     if (m16 < m1) s8_drive<vnni, RAW>(a, m16, m1, p0, p1);
 }
 
@@ -1850,10 +1794,6 @@ inline void linear_s8(const float* X, std::ptrdiff_t rows, std::ptrdiff_t in, st
 #undef BERTLET_S8_AVX2
 #undef BERTLET_S8_AVX512
 #undef BERTLET_S8_AMX
-#undef BERTLET_AMX_LOAD
-#undef BERTLET_AMX_STORE
-#undef BERTLET_AMX_ZERO
-#undef BERTLET_AMX_DPBUSD
 #undef BERTLET_TARGET
 #endif
 

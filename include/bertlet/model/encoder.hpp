@@ -522,8 +522,8 @@ public:
     bool int8_attention() const noexcept { return s8_attention_; }
     /// The int8 GEMM path the linears of an int8 model run on (s8_path_for(arch), avx512_vnni if AMX was declined).
     s8_path int8_path() const noexcept { return s8_; }
-    /// True if the f32 linears run on the AMX tiles as six bf16 products (kernels/gemm_f32x6.hpp; batches of at
-    /// least 16 tokens; CPUs with AMX-BF16 unless declined by load_options::amx / BERTLET_AMX=0).
+    /// True if the f32 linears run on the AMX tiles as six bf16 products (kernels/gemm_f32x6.hpp; calls of at least
+    /// f32_amx_min_tokens tokens; CPUs with AMX-BF16 unless declined by load_options::amx / BERTLET_AMX=0).
     bool f32_amx() const noexcept { return !owned_x6_.empty(); }
     /// True if the bf16 (layout 3) linears run on the AMX tiles (AMX-BF16; their BF16P16K2 panels are tiles as they
     /// are, no copy): the semantics of the AVX512_BF16 kernels (A rounded to bf16, exact products, fp32 sums).
